@@ -38,6 +38,7 @@ class DatasetSpec(Strict):
 class RunConfig(Strict):
     """A tunewise run: what to train, on what, how, and where the results go."""
 
+    kind: Literal["train"] = Field("train", description="Config kind (train configs may omit it).")
     # --- model -------------------------------------------------------------------------------
     base_model: str = Field("smollm2-135m", description="Embedded name, local HF dir or .gguf file.")
     chat_template: str | None = Field(
@@ -167,6 +168,24 @@ def _problems_from(err: ValidationError, root: type[BaseModel]) -> list[Problem]
                 Problem(key, f"{e['msg'].lower()} (got {e.get('input')!r})", "correct the value")
             )
     return problems
+
+
+# Config kinds other than train, by the top-level `kind:` key: module path and class name.
+CONFIG_KINDS: dict[str, str] = {
+    "train": "tunewise.config:RunConfig",
+    "compare": "tunewise.compare.config:CompareConfig",
+}
+
+
+def schema_for(data: dict[str, Any]) -> type[BaseModel]:
+    """The schema a config mapping follows, chosen by its ``kind:`` key (default: train)."""
+    import importlib
+
+    kind = data.get("kind", "train") if isinstance(data, dict) else "train"
+    if kind not in CONFIG_KINDS:
+        raise TunewiseError(f"kind: unknown config kind {kind!r}", f"use one of {', '.join(CONFIG_KINDS)}")
+    module, name = CONFIG_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

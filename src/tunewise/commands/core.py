@@ -110,18 +110,19 @@ def config_validate(
 
     Example: [bold]tunewise config validate examples/lora-smollm2.yaml --set lora_r=8[/]
     """
-    from tunewise.config import apply_overrides, parse_overrides, read_yaml, validate_config
+    from tunewise.config import apply_overrides, parse_overrides, read_yaml, schema_for, validate_config
     from tunewise.errors import TunewiseError
 
     failed = 0
     for f in files:
         try:
             data = apply_overrides(read_yaml(f), parse_overrides(set_))
+            schema = schema_for(data)
         except TunewiseError as e:
             console.print(f"[red]✗[/] {e}", highlight=False, soft_wrap=True)
             failed += 1
             continue
-        _, problems = validate_config(data, schema_for(data))
+        _, problems = validate_config(data, schema)
         if problems:
             failed += 1
             console.print(f"[red]✗ {f}[/]: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
@@ -131,13 +132,6 @@ def config_validate(
             console.print(f"[green]✓ {f}[/] is valid", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
-
-
-def schema_for(data: dict):
-    """The schema a config file follows (run configs unless it declares another kind)."""
-    from tunewise.config import RunConfig
-
-    return RunConfig
 
 
 @config_app.command("schema")
