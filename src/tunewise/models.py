@@ -369,11 +369,15 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """The tokenizer (with its chat template). For a run directory: the one saved with the adapter."""
     from transformers import AutoTokenizer
 
-    resolved = resolve_model(name_or_path)
-    check_cache(resolved.path)
-    source = resolved.path
-    if resolved.adapter_dir is not None and (resolved.adapter_dir / "tokenizer_config.json").is_file():
-        source = resolved.adapter_dir
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file():
+        source = path  # a tokenizer-only directory
+    else:
+        resolved = resolve_model(name_or_path)
+        check_cache(resolved.path)
+        source = resolved.path
+        if resolved.adapter_dir is not None and (resolved.adapter_dir / "tokenizer_config.json").is_file():
+            source = resolved.adapter_dir
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
     except Exception as e:

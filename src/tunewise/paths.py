@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode(base: int) -> int:
+    """``base`` (0o666 files, 0o777 dirs) less the process umask, as open()/mkdir() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def tunewise_home() -> Path:
     """The tunewise home: ``$TUNEWISE_HOME`` or ``~/.cache/tunewise``."""
     home = os.environ.get("TUNEWISE_HOME")
@@ -30,6 +37,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
         if target.exists():
@@ -53,6 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.fchmod(fd, _default_mode(0o666))  # mkstemp makes 0600; give the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
