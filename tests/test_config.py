@@ -86,3 +86,23 @@ def test_dump_roundtrip(tmp_path):
     f = tmp_path / "resolved.yaml"
     f.write_text(dump_config(cfg))
     assert load_config(f) == cfg
+
+
+def test_every_shipped_example_validates_under_its_kind():
+    from pathlib import Path
+
+    from tunewise.config import schema_for
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        data = read_yaml(path)
+        _, problems = validate_config(data, schema_for(data))
+        assert not problems, f"{path.name}: {[str(p) for p in problems]}"
+
+
+def test_unknown_kind_is_clear():
+    from tunewise.config import schema_for
+
+    with pytest.raises(TunewiseError, match="unknown config kind"):
+        schema_for({"kind": "deploy"})

@@ -174,6 +174,7 @@ def _problems_from(err: ValidationError, root: type[BaseModel]) -> list[Problem]
 CONFIG_KINDS: dict[str, str] = {
     "train": "tunewise.config:RunConfig",
     "compare": "tunewise.compare.config:CompareConfig",
+    "advise": "tunewise.advise:Answers",
 }
 
 

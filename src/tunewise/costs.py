@@ -1,0 +1,563 @@
+"""What each way of shipping an LLM feature costs per month at a given query volume.
+
+Options (the guide's comparison, plus prompting alone and RAG on a local model for on-premise):
+
+* ``rag_cheap_api`` / ``rag_frontier_api``: retrieval + an API model; per-query price of
+  (prompt + retrieved context) input tokens and output tokens, plus one embedding call;
+* ``finetune_local``: LoRA fine-tune an open model, serve it on your own GPU(s) that are on all month
+  (as many as the load needs at the assumed utilisation, at least ``local_min_gpus``);
+* ``finetune_hosted``: the same adapter on a serverless host billed per token (default: Fireworks'
+  Llama 3.1 8B price; LoRA adapters are billed at the base model's rate there);
+* ``openai_finetune``: OpenAI fine-tuning: training tokens x the training price, then the tuned
+  model's per-token prices;
+* ``prompt_cheap_api`` (no retrieval) and ``rag_local`` (retrieval + an open model on your GPU).
+
+Every API price comes from the ``genai-prices`` package's bundled snapshot (never fetched at run
+time); GPU prices from the shipped, dated ``tables/gpus.yaml``. Setup cost = engineering hours x rate
++ training compute; the monthly figure used for break-even adds setup / ``amortise_months``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tunewise.config import Strict
+from tunewise.errors import TunewiseError
+from tunewise.tables import load_table, read_override
+
+OPTION_LABELS = {
+    "prompt_cheap_api": "Prompting + cheap API model",
+    "rag_cheap_api": "RAG + cheap API model",
+    "rag_frontier_api": "RAG + frontier API model",
+    "prompt_local": "Prompting + open model run locally",
+    "rag_local": "RAG + open model run locally",
+    "finetune_local": "Fine-tune + run locally",
+    "finetune_hosted": "Fine-tune + hosted deployment",
+    "openai_finetune": "OpenAI fine-tuning",
+}
+GUIDE_OPTIONS = ("rag_cheap_api", "rag_frontier_api", "finetune_local", "finetune_hosted", "openai_finetune")
+Currency = Literal["USD", "INR"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def load_gpus(override: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The GPU table (shipped, merged with a user's YAML ``gpus:`` mapping)."""
+    table = load_table("gpus.yaml")["gpus"]
+    if override:
+        data = read_override(override, "GPU table")
+        extra = data.get("gpus", data)
+        if not isinstance(extra, dict):
+            raise TunewiseError(f"{override}: 'gpus' must be a mapping of name to fields", "see tables/gpus.yaml")
+        required = ("name", "kind", "vram_gb", "bf16_tflops", "usd_per_hour", "decode_tokens_per_s_8b")
+        for key, fields in extra.items():
+            if not isinstance(fields, dict):
+                raise TunewiseError(f"{override}: gpus.{key} must be a mapping", "see tables/gpus.yaml")
+            merged = {**table.get(key, {}), **fields}
+            missing = [r for r in required if r not in merged]
+            if missing:
+                raise TunewiseError(f"{override}: gpus.{key} lacks {', '.join(missing)}", "add those fields")
+            for num in required[2:]:
+                if not isinstance(merged[num], (int, float)) or merged[num] <= 0:
+                    raise TunewiseError(f"{override}: gpus.{key}.{num} must be a positive number", "fix the value")
+            table[key] = merged
+    return table
+
+
+def gpu_table_source() -> tuple[str, str]:
+    t = load_table("gpus.yaml")
+    return str(t["date"]), " ".join(str(t["source"]).split())
+
+
+def find_gpu(name: str, gpus: dict[str, dict[str, Any]]) -> str:
+    """Normalise a GPU name ("RTX 4090", "a100-80gb", "H100") to a table key, or a clear error."""
+    import difflib
+
+    key = name.strip().lower().replace(" ", "-").replace("_", "-")
+    aliases = {k.replace("rtx-", ""): k for k in gpus}
+    aliases.update({"a100": "a100-80gb", "a6000": "rtx-a6000", "cpu": "cpu-16", "3090": "rtx-3090", "4090": "rtx-4090"})
+    if key in gpus:
+        return key
+    if key in aliases:
+        return aliases[key]
+    close = difflib.get_close_matches(key, list(gpus), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise TunewiseError(
+        f"unknown GPU '{name}'",
+        f"{hint}known: {', '.join(gpus)}; add yours with --gpus FILE (see docs/advise.md)",
+    )
+
+
+def load_fx(override: str | Path | None = None) -> dict[str, Any]:
+    fx = load_table("fx.yaml")
+    if override:
+        data = read_override(override, "currency table")
+        fx["usd_to"].update(data.get("usd_to", {}))
+        fx["date"] = data.get("date", "user override")
+        fx["source"] = data.get("source", str(override))
+    return fx
+
+
+def check_currency(currency: str) -> str:
+    cur = currency.strip().upper()
+    if cur not in ("USD", "INR"):
+        raise TunewiseError(f"unknown currency '{currency}'", "use USD or INR")
+    return cur
+
+
+# ---------------------------------------------------------------------------------------------
+# API prices (genai-prices, offline)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiPrice:
+    model: str
+    provider: str
+    usd_per_query: float
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+
+
+def api_price(model: str, input_tokens: int, output_tokens: int, provider: str | None = None) -> ApiPrice:
+    """Per-query price of an API model from genai-prices' bundled snapshot (no network)."""
+    from genai_prices import Usage, calc_price
+
+    try:
+        calc = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens), model, provider_id=provider)
+        unit = calc_price(Usage(input_tokens=1_000_000, output_tokens=1_000_000), model, provider_id=provider)
+    except LookupError as e:
+        raise TunewiseError(
+            f"no price for model '{model}'" + (f" at provider '{provider}'" if provider else "") + f" ({e})",
+            "use a model id genai-prices knows, e.g. gpt-4o-mini, gpt-5, claude-sonnet-4-5, gemini-2.5-flash",
+        ) from None
+    return ApiPrice(
+        model=calc.model.id,
+        provider=calc.provider.id,
+        usd_per_query=float(calc.total_price),
+        input_usd_per_mtok=float(unit.input_price),
+        output_usd_per_mtok=float(unit.output_price),
+    )
+
+
+def api_price_usd(model: str, input_tokens: int, output_tokens: int, provider: str | None = None) -> float:
+    """USD for a call of these token counts (genai-prices, offline); used by `tunewise compare`."""
+    return api_price(model, input_tokens, output_tokens, provider).usd_per_query
+
+
+def genai_prices_version() -> str:
+    from importlib.metadata import version
+
+    return version("genai-prices")
+
+
+# ---------------------------------------------------------------------------------------------
+# Assumptions
+# ---------------------------------------------------------------------------------------------
+
+
+class CostAssumptions(Strict):
+    """Every number the cost model uses; all overridable (YAML file or --set key=value)."""
+
+    queries_per_month: float = Field(100_000, ge=0, description="Queries per month.")
+    prompt_tokens: int = Field(300, ge=1, description="Input tokens per query without retrieval (system + question).")
+    few_shot_tokens: int = Field(1200, ge=0, description="Extra prompt tokens of examples for prompting alone.")
+    retrieved_context_tokens: int = Field(1500, ge=0, description="Retrieved context tokens added per RAG query.")
+    output_tokens: int = Field(300, ge=1, description="Output tokens per query.")
+    cheap_model: str = Field("gpt-4o-mini", description="Cheap API model (genai-prices id).")
+    frontier_model: str = Field("gpt-5", description="Frontier API model (genai-prices id).")
+    embedding_model: str = Field("text-embedding-3-small", description="Embedding model for RAG queries.")
+    embedding_provider: str = Field("openai", description="genai-prices provider id of the embedding model.")
+    vector_db_usd_per_month: float = Field(0.0, ge=0, description="Vector store hosting (0 = self-hosted pgvector/FAISS).")
+    hosted_model: str = Field(
+        "accounts/fireworks/models/llama-v3p1-8b-instruct", description="Serverless host's base model id."
+    )
+    hosted_provider: str = Field("fireworks", description="genai-prices provider id of the host.")
+    openai_ft_model: str = Field("gpt-4o-mini-2024-07-18", description="OpenAI model to fine-tune.")
+    openai_ft_training_usd_per_mtok: float | None = Field(
+        None, gt=0, description="Training price per 1M tokens (default: tables/openai_finetuning.yaml)."
+    )
+    model_size_b: float = Field(8.0, gt=0, description="Open model size in billions for local serving / training.")
+    local_gpu: str = Field("l4", description="GPU that serves the fine-tuned model locally (tables/gpus.yaml).")
+    local_tokens_per_s: float | None = Field(
+        None, gt=0, description="Aggregate output tokens/s per local GPU (default: the table's 8B figure x 8 / size)."
+    )
+    local_utilisation: float = Field(0.5, gt=0, le=1, description="Average fraction of local GPU capacity used.")
+    local_min_gpus: int = Field(1, ge=1, description="GPUs kept on all month (availability, latency).")
+    hours_per_month: float = Field(730, gt=0, description="Hours a month.")
+    train_gpu: str = Field("a100-80gb", description="GPU rented for fine-tuning.")
+    train_examples: int = Field(5000, ge=1, description="Training examples.")
+    tokens_per_example: int = Field(600, ge=1, description="Tokens per training example.")
+    epochs: float = Field(3, gt=0, description="Training epochs.")
+    engineering_usd_per_hour: float = Field(50.0, ge=0, description="Engineering cost per hour.")
+    prompt_setup_hours: float = Field(8, ge=0, description="Hours to build a prompt-only feature.")
+    rag_setup_hours: float = Field(40, ge=0, description="Hours to build the retrieval pipeline.")
+    finetune_setup_hours: float = Field(80, ge=0, description="Hours for data, training, evaluation and serving.")
+    amortise_months: float = Field(12, gt=0, description="Months over which setup cost is spread for break-even.")
+    currency: Currency = Field("USD", description="USD or INR.")
+    inr_per_usd: float | None = Field(None, gt=0, description="USD->INR rate (default: tables/fx.yaml).")
+
+
+def load_assumptions(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> CostAssumptions:
+    from tunewise.config import load_config
+
+    try:
+        return load_config(path, overrides, schema=CostAssumptions)
+    except TunewiseError as e:
+        if path is None and e.message.startswith("config has"):
+            raise TunewiseError("cost assumptions have" + e.message[len("config has"):],
+                                "fix the values named above (see docs/advise.md for every assumption)") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CostOption:
+    key: str
+    label: str
+    setup_usd: float
+    per_query_usd: float  # marginal, at the assumed load
+    fixed_monthly_usd: float  # paid whatever the volume (GPUs kept on, vector DB)
+    gpu: str  # "none" or what is needed
+    notes: list[str] = field(default_factory=list)
+    capacity_queries_per_gpu_month: float | None = None  # local options: step function in GPUs
+    gpu_usd_per_month: float | None = None
+    min_gpus: int = 1
+
+    def running_monthly_usd(self, queries: float) -> float:
+        if self.capacity_queries_per_gpu_month:
+            gpus = max(self.min_gpus, math.ceil(queries / self.capacity_queries_per_gpu_month))
+            return gpus * (self.gpu_usd_per_month or 0.0) + self.fixed_monthly_usd
+        return self.fixed_monthly_usd + self.per_query_usd * queries
+
+    def total_monthly_usd(self, queries: float, amortise_months: float) -> float:
+        return self.running_monthly_usd(queries) + self.setup_usd / amortise_months
+
+    def gpus_at(self, queries: float) -> int:
+        if not self.capacity_queries_per_gpu_month:
+            return 0
+        return max(self.min_gpus, math.ceil(queries / self.capacity_queries_per_gpu_month))
+
+
+def _training_cost_usd(a: CostAssumptions, gpus: dict[str, Any]) -> tuple[float, str]:
+    """Rented-GPU LoRA training compute for the open model (from estimate.py)."""
+    from tunewise.estimate import LLAMA_SIZES, estimate, training_hours
+
+    size = min(LLAMA_SIZES, key=lambda k: abs(float(k[:-1]) - a.model_size_b))
+    key = find_gpu(a.train_gpu, gpus)
+    g = gpus[key]
+    tokens = a.train_examples * a.tokens_per_example * a.epochs
+    est = estimate(size, training_tokens=tokens, gpus={key: g}, methods=("lora",)).method("lora")
+    hours = training_hours(est.flops_per_token, tokens, g["bf16_tflops"], 0.35)
+    fit = est.fits[0] if est.fits else None
+    gpus_n = fit.gpus_needed if fit and fit.gpus_needed else 1
+    hours /= gpus_n
+    return hours * g["usd_per_hour"] * gpus_n, f"LoRA training ≈ {hours:.2f} h on {gpus_n}× {g['name']}"
+
+
+def cost_options(a: CostAssumptions, gpus: dict[str, Any] | None = None) -> list[CostOption]:
+    """Every option with its setup, per-query and fixed monthly cost (USD) under ``a``."""
+    gpus = gpus if gpus is not None else load_gpus()
+    eng = a.engineering_usd_per_hour
+    emb = api_price(a.embedding_model, a.prompt_tokens, 0, a.embedding_provider).usd_per_query if a.retrieved_context_tokens else 0.0
+    rag_in = a.prompt_tokens + a.retrieved_context_tokens
+    opts: list[CostOption] = []
+
+    cheap_plain = api_price(a.cheap_model, a.prompt_tokens + a.few_shot_tokens, a.output_tokens)
+    opts.append(CostOption(
+        "prompt_cheap_api", OPTION_LABELS["prompt_cheap_api"], a.prompt_setup_hours * eng,
+        cheap_plain.usd_per_query, 0.0, "none",
+        [f"{cheap_plain.model} @ {cheap_plain.provider}: {a.prompt_tokens + a.few_shot_tokens} in / {a.output_tokens} out tokens"],
+    ))
+    for key, model in (("rag_cheap_api", a.cheap_model), ("rag_frontier_api", a.frontier_model)):
+        p = api_price(model, rag_in, a.output_tokens)
+        opts.append(CostOption(
+            key, OPTION_LABELS[key], a.rag_setup_hours * eng, p.usd_per_query + emb, a.vector_db_usd_per_month, "none",
+            [f"{p.model} @ {p.provider}: {rag_in} in / {a.output_tokens} out tokens + embedding"],
+        ))
+
+    # Local serving: GPUs on all month, each serving tokens/s x utilisation.
+    local_key = find_gpu(a.local_gpu, gpus)
+    lg = gpus[local_key]
+    tps = a.local_tokens_per_s or lg["decode_tokens_per_s_8b"] * 8.0 / a.model_size_b
+    gpu_month = lg["usd_per_hour"] * a.hours_per_month
+    train_usd, train_note = _training_cost_usd(a, gpus)
+
+    def local(key: str, in_tokens: int, setup_hours: float, extra_fixed: float, per_query_extra: float) -> CostOption:
+        # Prefill is ~10x cheaper than decode per token on GPUs; count it as a tenth of an output token.
+        cost_tokens = a.output_tokens + in_tokens / 10
+        capacity = tps * a.local_utilisation * a.hours_per_month * 3600 / cost_tokens
+        return CostOption(
+            key, OPTION_LABELS[key], setup_hours * eng + (train_usd if key == "finetune_local" else 0.0),
+            gpu_month / capacity + per_query_extra, extra_fixed, f"{lg['name']} ({lg['vram_gb']:g} GB)",
+            [f"{a.model_size_b:g}B model, {tps:.0f} tokens/s per GPU at {a.local_utilisation:.0%} utilisation; "
+             f"one GPU serves {capacity:,.0f} queries/month at ${gpu_month:,.0f}/month"]
+            + ([train_note] if key == "finetune_local" else []),
+            capacity_queries_per_gpu_month=capacity, gpu_usd_per_month=gpu_month, min_gpus=a.local_min_gpus,
+        )
+
+    opts.append(local("prompt_local", a.prompt_tokens + a.few_shot_tokens, a.prompt_setup_hours, 0.0, 0.0))
+    opts.append(local("rag_local", rag_in, a.rag_setup_hours, a.vector_db_usd_per_month, emb))
+    opts.append(local("finetune_local", a.prompt_tokens, a.finetune_setup_hours, 0.0, 0.0))
+
+    hosted = api_price(a.hosted_model, a.prompt_tokens, a.output_tokens, a.hosted_provider)
+    opts.append(CostOption(
+        "finetune_hosted", OPTION_LABELS["finetune_hosted"], a.finetune_setup_hours * eng + train_usd,
+        hosted.usd_per_query, 0.0, "none to serve (rented GPU to train)",
+        [f"{hosted.model} @ {hosted.provider}: {a.prompt_tokens} in / {a.output_tokens} out tokens", train_note],
+    ))
+
+    ft_table = load_table("openai_finetuning.yaml")
+    train_price = a.openai_ft_training_usd_per_mtok or ft_table["training_usd_per_mtok"].get(a.openai_ft_model)
+    if train_price is None:
+        raise TunewiseError(
+            f"no OpenAI training price for '{a.openai_ft_model}'",
+            f"use one of {', '.join(ft_table['training_usd_per_mtok'])} or --set openai_ft_training_usd_per_mtok=X",
+        )
+    ft = api_price(f"ft:{a.openai_ft_model}", a.prompt_tokens, a.output_tokens, "openai")
+    train_tokens = a.train_examples * a.tokens_per_example * a.epochs
+    openai_train = train_tokens / 1e6 * train_price
+    opts.append(CostOption(
+        "openai_finetune", OPTION_LABELS["openai_finetune"], a.finetune_setup_hours * 0.5 * eng + openai_train,
+        ft.usd_per_query, 0.0, "none",
+        [f"training {train_tokens / 1e6:.1f}M tokens x ${train_price}/M ({ft_table['date']}, {ft_table['source']})",
+         f"{ft.model} @ openai: {a.prompt_tokens} in / {a.output_tokens} out tokens; half the setup hours (no serving)"],
+    ))
+    return opts
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison, break-even and rules of thumb
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BreakEven:
+    a: str
+    b: str
+    queries_per_month: float
+    cheaper_above: str
+
+
+@dataclass
+class RuleCheck:
+    rule: str
+    verdict: Literal["reproduced", "refuted"]
+    evidence: str
+
+
+@dataclass
+class CostComparison:
+    assumptions: CostAssumptions
+    options: list[CostOption]
+    break_evens: list[BreakEven]
+    rules: list[RuleCheck]
+    rate: float  # currency units per USD
+    currency: str
+    sources: dict[str, str]
+
+    def money(self, usd: float) -> float:
+        return usd * self.rate
+
+    def as_dict(self) -> dict[str, Any]:
+        q = self.assumptions.queries_per_month
+        am = self.assumptions.amortise_months
+        return {
+            "currency": self.currency,
+            "rate_per_usd": self.rate,
+            "queries_per_month": q,
+            "assumptions": self.assumptions.model_dump(mode="json"),
+            "options": [
+                {
+                    "key": o.key,
+                    "label": o.label,
+                    "setup": self.money(o.setup_usd),
+                    "per_query": self.money(o.total_monthly_usd(q, am) - o.setup_usd / am) / q if q else self.money(o.per_query_usd),
+                    "monthly_running": self.money(o.running_monthly_usd(q)),
+                    "monthly_with_setup": self.money(o.total_monthly_usd(q, am)),
+                    "gpu": o.gpu,
+                    "gpus_at_volume": o.gpus_at(q),
+                    "notes": o.notes,
+                }
+                for o in self.options
+            ],
+            "break_evens": [asdict(b) for b in self.break_evens],
+            "rules_of_thumb": [asdict(r) for r in self.rules],
+            "sources": self.sources,
+        }
+
+
+def _crossings(a: CostOption, b: CostOption, am: float, lo: float = 1e2, hi: float = 1e9) -> list[float]:
+    """Volumes where the monthly cost (with amortised setup) of a and b cross, on a log grid + bisection."""
+    def diff(q: float) -> float:
+        return a.total_monthly_usd(q, am) - b.total_monthly_usd(q, am)
+
+    out = []
+    n = 400
+    grid = [lo * (hi / lo) ** (i / n) for i in range(n + 1)]
+    for q0, q1 in zip(grid, grid[1:]):
+        d0, d1 = diff(q0), diff(q1)
+        if d0 == 0 or (d0 < 0) == (d1 < 0):
+            continue
+        x0, x1 = q0, q1
+        for _ in range(60):
+            mid = math.sqrt(x0 * x1)
+            if (diff(mid) < 0) == (d0 < 0):
+                x0 = mid
+            else:
+                x1 = mid
+        out.append(x1)
+    return out
+
+
+def break_evens(options: list[CostOption], am: float, pairs: list[tuple[str, str]] | None = None) -> list[BreakEven]:
+    by = {o.key: o for o in options}
+    if pairs is None:
+        keys = [k for k in GUIDE_OPTIONS if k in by]
+        pairs = [(x, y) for i, x in enumerate(keys) for y in keys[i + 1:]]
+    out = []
+    for x, y in pairs:
+        for q in _crossings(by[x], by[y], am):
+            above = x if by[x].total_monthly_usd(q * 1.05, am) < by[y].total_monthly_usd(q * 1.05, am) else y
+            out.append(BreakEven(x, y, q, above))
+    return out
+
+
+def check_rules_of_thumb(options: list[CostOption], am: float) -> list[RuleCheck]:
+    """The guide's two rules, tested against this model's own numbers."""
+    by = {o.key: o for o in options}
+    rag = [by["rag_cheap_api"], by["rag_frontier_api"]]
+    ft = [by["finetune_local"], by["finetune_hosted"], by["openai_finetune"]]
+    out = []
+    q = 100_000
+    cheapest_rag = min(rag, key=lambda o: o.total_monthly_usd(q, am))
+    cheapest_ft = min(ft, key=lambda o: o.total_monthly_usd(q, am))
+    r, f = cheapest_rag.total_monthly_usd(q, am), cheapest_ft.total_monthly_usd(q, am)
+    below = [10_000, 30_000, 100_000]
+    all_below = all(
+        min(o.total_monthly_usd(v, am) for o in rag) < min(o.total_monthly_usd(v, am) for o in ft) for v in below
+    )
+    out.append(RuleCheck(
+        "Under 100K queries/month, RAG is almost always cheaper than fine-tuning",
+        "reproduced" if all_below else "refuted",
+        f"at 100K/month: cheapest RAG ({cheapest_rag.label}) ${r:,.0f}/month vs cheapest fine-tune "
+        f"({cheapest_ft.label}) ${f:,.0f}/month (setup spread over {am:g} months); checked at 10K, 30K, 100K",
+    ))
+    q = 1_000_000
+    local = by["finetune_local"].total_monthly_usd(q, am)
+    cheapest_rag = min(rag, key=lambda o: o.total_monthly_usd(q, am))
+    r = cheapest_rag.total_monthly_usd(q, am)
+    competitive = local <= 1.1 * r
+    out.append(RuleCheck(
+        "Over 1M queries/month, fine-tune + local inference is competitive",
+        "reproduced" if competitive else "refuted",
+        f"at 1M/month: fine-tune + local ${local:,.0f}/month vs cheapest RAG ({cheapest_rag.label}) ${r:,.0f}/month "
+        f"(competitive = within 10%)",
+    ))
+    return out
+
+
+def compare_costs(
+    assumptions: CostAssumptions | None = None,
+    gpus: dict[str, Any] | None = None,
+    fx: dict[str, Any] | None = None,
+) -> CostComparison:
+    """Cost of every option at ``assumptions.queries_per_month``, break-evens and the rule checks."""
+    a = assumptions or CostAssumptions()
+    gpus = gpus if gpus is not None else load_gpus()
+    fx = fx or load_fx()
+    currency = check_currency(a.currency)
+    rate = 1.0 if currency == "USD" else (a.inr_per_usd or float(fx["usd_to"]["INR"]))
+    options = cost_options(a, gpus)
+    am = a.amortise_months
+    date, src = gpu_table_source()
+    sources = {
+        "api_prices": f"genai-prices {genai_prices_version()} (bundled snapshot, offline)",
+        "gpu_prices": f"tunewise tables/gpus.yaml dated {date}: {src}",
+        "fx": "amounts in USD" if currency == "USD" else f"{rate:g} INR per USD"
+        + ("" if a.inr_per_usd else f" ({fx['date']}, {fx['source']})"),
+    }
+    return CostComparison(a, options, break_evens(options, am), check_rules_of_thumb(options, am), rate, currency, sources)
+
+
+def plot_costs(comp: CostComparison, path: str | Path, keys: tuple[str, ...] | None = None) -> Path:
+    """PNG of monthly cost (amortised setup included) vs queries/month, log-log, break-evens marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tunewise.paths import atomic_write_bytes
+
+    am = comp.assumptions.amortise_months
+    keys = keys or GUIDE_OPTIONS
+    opts = [o for o in comp.options if o.key in keys]
+    qs = [10 ** (2 + 7 * i / 300) for i in range(301)]
+    fig, ax = plt.subplots(figsize=(10, 6.2), dpi=110)
+    styles = ["-", "--", "-", "-.", ":", "--", "-."]
+    for o, ls in zip(opts, styles):
+        ax.plot(qs, [comp.money(o.total_monthly_usd(q, am)) for q in qs], label=o.label, linewidth=2, linestyle=ls)
+    by = {o.key: o for o in opts}
+    labelled: list[tuple[float, float]] = []
+    for be in comp.break_evens:
+        if be.a in by and be.b in by:
+            y = comp.money(by[be.a].total_monthly_usd(be.queries_per_month, am))
+            ax.scatter([be.queries_per_month], [y], color="black", zorder=5, s=28)
+            if any(abs(math.log10(be.queries_per_month / x)) < 0.08 and abs(math.log10(y / yy)) < 0.15 for x, yy in labelled):
+                continue  # a neighbour's label already covers this point
+            labelled.append((be.queries_per_month, y))
+            ax.annotate(f"{_short(be.queries_per_month)}", (be.queries_per_month, y), textcoords="offset points",
+                        xytext=(4, -12), fontsize=7)
+    q = comp.assumptions.queries_per_month
+    if q > 0:
+        ax.axvline(q, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"your volume: {_short(q)}/month", (q, 1), xycoords=("data", "axes fraction"),
+                    xytext=(4, -14), textcoords="offset points", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("queries per month")
+    ax.set_ylabel(f"monthly cost ({comp.currency}, setup spread over {am:g} months)")
+    ax.set_title("Monthly cost vs volume (dots: break-even points)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.text(0.01, 0.005, f"API prices: {comp.sources['api_prices']}; GPU prices: tunewise tables/gpus.yaml",
+             fontsize=6, color="grey")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def _short(q: float) -> str:
+    if q >= 1e6:
+        return f"{q / 1e6:.3g}M"
+    if q >= 1e3:
+        return f"{q / 1e3:.3g}K"
+    return f"{q:.0f}"
+
+
+def format_money(amount: float, currency: str) -> str:
+    sym = "₹" if currency == "INR" else "$"
+    if amount == 0:
+        return f"{sym}0"
+    if abs(amount) < 1:
+        return f"{sym}{amount:.3g}"
+    if abs(amount) < 100:
+        return f"{sym}{amount:,.2f}"
+    return f"{sym}{amount:,.0f}"

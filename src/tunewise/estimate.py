@@ -1,0 +1,429 @@
+"""Memory, time and cost of fine-tuning a model with full fine-tuning, LoRA or QLoRA.
+
+Everything is computed from the model's shapes (config.json), so the numbers can be checked:
+
+* **weights** at their bit width: fp32 master weights for mixed-precision full fine-tuning (or
+  bf16 for "pure bf16"), bf16 frozen weights for LoRA, NF4 4-bit (+ double-quantised constants,
+  4.127 bits/param) for the linear layers of QLoRA, whose embeddings and norms stay in bf16;
+* **adapters**: LoRA A and B matrices (r x (in + out) per adapted linear), kept in fp32 as PEFT does;
+* **gradients** of the trainable parameters (same dtype as their weights);
+* **optimizer states**: AdamW's two fp32 moments, 8 bytes per trainable parameter (bf16 moments,
+  4 bytes, for pure-bf16 full fine-tuning, as LLaMA-Factory's ``pure_bf16``);
+* **activations** saved for backward, per token and layer for a Llama-style block with SDPA/flash
+  attention (no seq^2 term): 6h + 2kv + 4i elements (norm inputs/outputs, q/k/v, attention output,
+  gate/up/act/product of the MLP); with gradient checkpointing only each layer's input (h) is kept
+  plus one layer being recomputed; plus the logits path: logits, their fp32 copy, the saved
+  log-softmax and its gradient, b*s*V elements each;
+* a fixed **runtime overhead** (CUDA context, allocator slack) for GPUs.
+
+Training FLOPs per token: 6N for full fine-tuning (2N forward, 2N gradient w.r.t. activations,
+2N gradient w.r.t. weights); 4N for LoRA/QLoRA (frozen weights need no weight gradient) plus 6x the
+adapter parameters; +2N with gradient checkpointing (a second forward); plus causal attention
+(2*L*s*h forward, x3 with backward). N counts matmul weights (the LM head included, embeddings not).
+Time = tokens x FLOPs/token / (peak FLOPS x utilisation); the utilisation is an assumption, shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tunewise.errors import TunewiseError
+
+Method = Literal["full", "lora", "qlora"]
+METHODS: tuple[Method, ...] = ("full", "lora", "qlora")
+
+GB = 1e9
+NF4_BITS = 4.127  # 4-bit NF4 + double-quantised block constants (Dettmers et al. 2023, sec. 3)
+DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fine-tuning on GPUs
+# On a CPU the peak is *measured* (a large fp32 matmul, see bench/estimate_vs_measured.py). A LoRA
+# training step reaches a fraction of it (smaller matmuls, element-wise ops, attention, optimizer):
+# first assumed 0.5, measured 0.23-0.27 in three runs of the bench on a 2-core machine (docs/advise.md),
+# so 0.25 is a calibrated value, not an independent prediction.
+DEFAULT_CPU_UTILISATION = 0.25
+QLORA_SLOWDOWN = 1.3  # NF4 de-quantisation on every matmul; an assumption, shown in the output
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimator needs to know about a decoder-only (Llama-style) transformer."""
+
+    name: str
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    vocab: int
+    tied_embeddings: bool = False
+    head_dim: int | None = None
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.dim_head
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.dim_head
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every linear layer in one block: q, k, v, o, gate, up, down."""
+        h, i = self.hidden, self.intermediate
+        return [(h, self.q_dim), (h, self.kv_dim), (h, self.kv_dim), (self.q_dim, h), (h, i), (h, i), (i, h)]
+
+    @property
+    def block_linear_params(self) -> int:
+        return self.n_layers * sum(a * b for a, b in self.linear_shapes())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def lm_head_params(self) -> int:
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+    @property
+    def norm_params(self) -> int:
+        return (2 * self.n_layers + 1) * self.hidden
+
+    @property
+    def parameters(self) -> int:
+        return self.block_linear_params + self.embedding_params + self.lm_head_params + self.norm_params
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token (the LM head, tied or not; not the lookup)."""
+        return self.block_linear_params + self.vocab * self.hidden
+
+    def lora_params(self, r: int) -> int:
+        return self.n_layers * sum(r * (a + b) for a, b in self.linear_shapes())
+
+
+# Standard Llama-family shapes for `tunewise estimate 8b` (from the released config.json files).
+LLAMA_SIZES: dict[str, ModelShape] = {
+    "1b": ModelShape("Llama-3.2-1B shapes", 16, 2048, 8192, 32, 8, 128256, tied_embeddings=True, head_dim=64),
+    "3b": ModelShape("Llama-3.2-3B shapes", 28, 3072, 8192, 24, 8, 128256, tied_embeddings=True, head_dim=128),
+    "7b": ModelShape("Llama-2-7B shapes", 32, 4096, 11008, 32, 32, 32000),
+    "8b": ModelShape("Llama-3.1-8B shapes", 32, 4096, 14336, 32, 8, 128256),
+    "13b": ModelShape("Llama-2-13B shapes", 40, 5120, 13824, 40, 40, 32000),
+    "33b": ModelShape("LLaMA-33B shapes", 60, 6656, 17920, 52, 52, 32000),
+    "65b": ModelShape("LLaMA-65B shapes", 80, 8192, 22016, 64, 64, 32000),
+    "70b": ModelShape("Llama-3.1-70B shapes", 80, 8192, 28672, 64, 8, 128256),
+    "405b": ModelShape("Llama-3.1-405B shapes", 126, 16384, 53248, 128, 8, 128256),
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bB])\s*$")
+
+
+def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
+    """Read a Hugging Face config.json mapping (Llama, Mistral, Qwen2, Gemma... key names)."""
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    try:
+        hidden = int(cfg["hidden_size"])
+        heads = int(cfg["num_attention_heads"])
+        return ModelShape(
+            name=name,
+            n_layers=int(cfg["num_hidden_layers"]),
+            hidden=hidden,
+            intermediate=int(cfg.get("intermediate_size") or 4 * hidden),
+            n_heads=heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            vocab=int(cfg["vocab_size"]),
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            head_dim=int(cfg["head_dim"]) if cfg.get("head_dim") else None,
+        )
+    except KeyError as e:
+        raise TunewiseError(
+            f"{name}: config.json has no '{e.args[0]}'",
+            "tunewise estimate reads decoder-only (Llama-style) configs; pass a size such as 8b instead",
+        ) from None
+
+
+def load_shape(ref: str) -> ModelShape:
+    """Shapes for a size (``8b``), a run config YAML (its base_model), a local HF directory or
+    config.json, or any model reference :func:`tunewise.models.resolve_model` accepts."""
+    ref = str(ref).strip()
+    m = _SIZE_RE.match(ref)
+    if m:
+        key = f"{m.group(1)}b".lower()
+        if key not in LLAMA_SIZES:
+            raise TunewiseError(
+                f"unknown model size '{ref}'",
+                f"use one of {', '.join(LLAMA_SIZES)}, or pass a model directory / config.json",
+            )
+        return LLAMA_SIZES[key]
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        from tunewise.config import RunConfig, load_config
+
+        cfg = load_config(path, schema=RunConfig)
+        return load_shape(cfg.base_model)
+    if path.is_file() and path.name.endswith(".json"):
+        return shape_from_config(_read_json(path), name=str(path))
+    if path.is_dir() and (path / "config.json").is_file():
+        return shape_from_config(_read_json(path / "config.json"), name=str(path))
+    if re.match(r"^\s*\d+(\.\d+)?\s*[a-zA-Z]*\s*$", ref):  # "7", "14x", "8gb": a malformed size
+        raise TunewiseError(
+            f"unknown model size '{ref}'", f"write a size as one of {', '.join(LLAMA_SIZES)}"
+        )
+    from tunewise.models import resolve_model
+
+    try:
+        resolved = resolve_model(ref)
+    except TunewiseError:
+        # A Llama hub id that is not on this machine ("meta-llama/Llama-3.1-8B-Instruct"): its
+        # published shapes are the standard ones, so estimate without the weights.
+        m = re.search(r"llama[^/]*?(\d+(?:\.\d+)?)[bB]\b", ref, flags=re.IGNORECASE)
+        if m and f"{m.group(1)}b" in LLAMA_SIZES:
+            std = LLAMA_SIZES[f"{m.group(1)}b"]
+            return ModelShape(**{**asdict(std), "name": f"{ref} ({std.name}; not on this machine)"})
+        raise
+    return shape_from_config(_read_json(resolved.path / "config.json"), name=ref)
+
+
+def run_config_setup(path: str | Path) -> tuple[TrainingSetup, str] | None:
+    """The TrainingSetup and method a run config YAML implies (None if ``path`` is not one)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix.lower() in (".yaml", ".yml")):
+        return None
+    from tunewise.config import RunConfig, load_config
+
+    cfg = load_config(p, schema=RunConfig)
+    setup = TrainingSetup(sequence_len=cfg.sequence_len, micro_batch_size=cfg.micro_batch_size,
+                          gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r)
+    return setup, cfg.method
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TunewiseError(f"cannot read {path}: {e}", "pass a valid config.json") from None
+    if not isinstance(data, dict):
+        raise TunewiseError(f"{path} is not a JSON object", "pass a Hugging Face config.json")
+    return data
+
+
+@dataclass
+class TrainingSetup:
+    """How the model is trained (the inputs the estimate depends on, all shown in the output)."""
+
+    sequence_len: int = 2048
+    micro_batch_size: int = 1
+    gradient_checkpointing: bool = True
+    lora_r: int = 16
+    compute_bytes: int = 2  # bf16 activations and frozen weights; 4 on CPU (fp32)
+    full_weight_dtype: Literal["fp32", "bf16"] = "fp32"  # mixed precision vs pure bf16
+    runtime_overhead_gb: float = 1.0  # CUDA context + allocator slack; 0 for CPU
+
+
+@dataclass
+class MemoryEstimate:
+    method: Method
+    weights: float
+    adapters: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+    trainable_params: int
+    total: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = (
+            self.weights + self.adapters + self.gradients + self.optimizer + self.activations
+            + self.logits + self.overhead
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_memory(shape: ModelShape, method: Method, setup: TrainingSetup | None = None) -> MemoryEstimate:
+    """Peak training memory in bytes, by component (see the module docstring for the model)."""
+    s = setup or TrainingSetup()
+    cb = s.compute_bytes
+    n = shape.parameters
+    adapters = grads = opt = 0.0
+    if method == "full":
+        wb = 4 if s.full_weight_dtype == "fp32" else 2
+        weights = n * wb
+        grads = n * wb
+        opt = n * (8 if s.full_weight_dtype == "fp32" else 4)
+        trainable = n
+    elif method in ("lora", "qlora"):
+        trainable = shape.lora_params(s.lora_r)
+        adapters = trainable * 4.0
+        grads = trainable * 4.0
+        opt = trainable * 8.0
+        if method == "lora":
+            weights = n * cb
+        else:
+            quantised = shape.block_linear_params
+            weights = quantised * NF4_BITS / 8 + (n - quantised) * 2
+    else:
+        raise TunewiseError(f"unknown method '{method}'", "use full, lora or qlora")
+
+    tokens = s.sequence_len * s.micro_batch_size
+    per_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate
+    if s.gradient_checkpointing:
+        act_elems = tokens * (shape.n_layers * shape.hidden + 2 * per_layer)
+    else:
+        act_elems = tokens * (shape.n_layers * per_layer + per_layer)  # + one layer of backward work
+    activations = act_elems * cb
+    fp32_copy = 0 if cb >= 4 else 4
+    logits = tokens * shape.vocab * (cb + fp32_copy + 4 + 4)
+    overhead = s.runtime_overhead_gb * GB
+    return MemoryEstimate(method, weights, adapters, grads, opt, activations, logits, overhead, trainable)
+
+
+def flops_per_token(shape: ModelShape, method: Method, setup: TrainingSetup | None = None) -> float:
+    """Training FLOPs per token (forward + backward), as documented in the module docstring."""
+    s = setup or TrainingSetup()
+    n = shape.matmul_params
+    attn_fwd = 2 * shape.n_layers * s.sequence_len * shape.q_dim  # causal: half of 4*L*s*d
+    if method == "full":
+        f = 6 * n + 3 * attn_fwd
+    else:
+        f = 4 * n + 6 * shape.lora_params(s.lora_r) + 3 * attn_fwd
+    if s.gradient_checkpointing:
+        f += 2 * n + attn_fwd
+    return float(f)
+
+
+@dataclass
+class GpuFit:
+    key: str
+    name: str
+    vram_gb: float
+    fits: bool
+    gpus_needed: int | None  # with sharding (FSDP / ZeRO-3) when one is not enough
+    hours: float | None
+    usd: float | None
+
+
+@dataclass
+class MethodEstimate:
+    method: Method
+    memory: MemoryEstimate
+    flops_per_token: float
+    fits: list[GpuFit]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "memory_bytes": self.memory.as_dict(),
+            "flops_per_token": self.flops_per_token,
+            "gpus": [asdict(f) for f in self.fits],
+        }
+
+
+@dataclass
+class Estimate:
+    model: str
+    parameters: int
+    training_tokens: float
+    utilisation: float
+    setup: TrainingSetup
+    methods: list[MethodEstimate]
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "parameters": self.parameters,
+            "training_tokens": self.training_tokens,
+            "utilisation": self.utilisation,
+            "qlora_slowdown": QLORA_SLOWDOWN,
+            "setup": asdict(self.setup),
+            "methods": [m.as_dict() for m in self.methods],
+            "notes": self.notes,
+        }
+
+    def method(self, name: str) -> MethodEstimate:
+        return next(m for m in self.methods if m.method == name)
+
+
+def training_hours(flops_tok: float, tokens: float, tflops: float, utilisation: float, gpus: int = 1) -> float:
+    return tokens * flops_tok / (tflops * 1e12 * utilisation * gpus) / 3600
+
+
+def estimate(
+    model: str | ModelShape,
+    setup: TrainingSetup | None = None,
+    training_tokens: float = 10_000 * 512 * 3,
+    utilisation: float = DEFAULT_GPU_UTILISATION,
+    gpus: dict[str, Any] | None = None,
+    methods: tuple[Method, ...] = METHODS,
+) -> Estimate:
+    """Memory by component for each method, the GPUs it fits, training time and rental cost.
+
+    ``training_tokens`` = examples x tokens per example x epochs (default 10k x 512 x 3).
+    ``gpus`` is the GPU table (``costs.load_gpus()``); default: the shipped one.
+    """
+    from tunewise.costs import load_gpus
+
+    if not 0 < utilisation <= 1:
+        raise TunewiseError(f"utilisation {utilisation} must be in (0, 1]", "e.g. --utilisation 0.35")
+    if training_tokens <= 0:
+        raise TunewiseError("training tokens must be positive", "pass --examples and --tokens-per-example > 0")
+    shape = model if isinstance(model, ModelShape) else load_shape(model)
+    s = setup or TrainingSetup()
+    table = gpus if gpus is not None else load_gpus()
+    out = []
+    for m in methods:
+        mem = estimate_memory(shape, m, s)
+        ftok = flops_per_token(shape, m, s)
+        fits = []
+        for key, g in table.items():
+            if g["kind"] == "cpu":
+                continue
+            vram = g["vram_gb"] * GB
+            fits_one = mem.total <= vram
+            need: int | None = 1 if fits_one else None
+            if not fits_one:
+                # Shard weights, gradients and optimizer states over k GPUs (FSDP / ZeRO-3);
+                # activations, logits and overhead stay per GPU.
+                per_gpu_fixed = mem.activations + mem.logits + mem.overhead
+                shardable = mem.weights + mem.adapters + mem.gradients + mem.optimizer
+                if vram > per_gpu_fixed:
+                    k = math.ceil(shardable / (vram - per_gpu_fixed))
+                    need = k if k <= 64 else None
+            hours = usd = None
+            if need:
+                hours = training_hours(ftok, training_tokens, g["bf16_tflops"], utilisation, need)
+                if m == "qlora":
+                    hours *= QLORA_SLOWDOWN
+                usd = hours * g["usd_per_hour"] * need
+            fits.append(GpuFit(key, g["name"], g["vram_gb"], fits_one, need, hours, usd))
+        out.append(MethodEstimate(m, mem, ftok, fits))
+    notes = [
+        f"Utilisation (model-FLOPs utilisation) assumed {utilisation:.0%} of each GPU's dense bf16 peak.",
+        f"QLoRA time x{QLORA_SLOWDOWN} for NF4 de-quantisation (assumption).",
+        "Logits assume a plain cross-entropy (b·s·vocab fp32 tensors); fused/chunked losses (Unsloth, Liger) "
+        "need much less.",
+        "Activations assume SDPA/flash attention (no seq^2 attention matrix) and "
+        + ("gradient checkpointing." if s.gradient_checkpointing else "no gradient checkpointing."),
+    ]
+    return Estimate(shape.name, shape.parameters, training_tokens, utilisation, s, out, notes)
+
+
+def cheapest_fit(est: MethodEstimate, max_vram_gb: float | None = None) -> GpuFit | None:
+    """The cheapest single GPU of the table the method fits on (optionally at most ``max_vram_gb``)."""
+    fits = [f for f in est.fits if f.fits and f.usd is not None]
+    if max_vram_gb is not None:
+        fits = [f for f in fits if f.vram_gb <= max_vram_gb]
+    return min(fits, key=lambda f: (f.usd, f.vram_gb), default=None)
+
+
+def fits_in(est: MethodEstimate, vram_gb: float) -> bool:
+    return est.memory.total <= vram_gb * GB
