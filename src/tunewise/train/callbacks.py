@@ -1,0 +1,138 @@
+"""What a run shows and records while it trains: a Rich progress bar, metrics.jsonl, loss.png."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from tunewise.paths import atomic_write_bytes
+from tunewise.train.run_dir import read_metrics
+
+PLOT_EVERY_S = 10.0
+
+
+def plot_loss(out: Path, title: str = "") -> Path | None:
+    """Draw train (and eval) loss against step from metrics.jsonl into loss.png."""
+    rows = read_metrics(out)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
+    evals = [(r["step"], r["eval_loss"]) for r in rows
+             if r.get("eval_loss") is not None and math.isfinite(r["eval_loss"])]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.4)
+    if evals:
+        ax.plot(*zip(*evals), label="eval loss", color="#d62728", marker="o", linewidth=1.4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean per trained token)")
+    ax.set_title(title or f"Training loss — {out.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out / "loss.png", buf.getvalue())
+    return out / "loss.png"
+
+
+class MetricsCallback(TrainerCallback):
+    """Append every log (train and eval) to metrics.jsonl; refresh loss.png now and then."""
+
+    def __init__(self, out: Path, title: str = ""):
+        self.out = out
+        self.title = title
+        self.path = out / "metrics.jsonl"
+        self._last_plot = 0.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "tokens",
+                    "trained_tokens", "elapsed_s"):
+            if key in logs:
+                value = logs[key]
+                row["lr" if key == "learning_rate" else key] = float(value) if value is not None else None
+        if len(row) == 2:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        now = time.monotonic()
+        if "eval_loss" in logs or now - self._last_plot > PLOT_EVERY_S:
+            self._last_plot = now
+            plot_loss(self.out, self.title)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss(self.out, self.title)
+
+
+class RichProgressCallback(TrainerCallback):
+    """A Rich progress bar: step, loss, learning rate, tokens/s, elapsed and ETA."""
+
+    def __init__(self, console=None, description: str = "training"):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.description = description
+        self.progress = None
+        self.task = None
+        self.fields = {"loss": "-", "lr": "-", "tps": "-", "eval": ""}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("loss [cyan]{task.fields[loss]}[/]{task.fields[eval]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(compact=True),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=state.max_steps,
+                                           completed=state.global_step, **self.fields)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            self.fields["lr"] = f"{logs['learning_rate']:.2e}"
+        if "tokens_per_second" in logs:
+            self.fields["tps"] = f"{logs['tokens_per_second']:,.0f}"
+        if "eval_loss" in logs:
+            self.fields["eval"] = f" eval [magenta]{logs['eval_loss']:.4f}[/]"
+        self.progress.update(self.task, completed=state.global_step, **self.fields)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,125 @@
+"""Causal-LM loss without full-vocabulary logits for the whole batch.
+
+The model runs with its output head bypassed and ``logits_to_keep`` set to the trained positions, so
+it returns hidden states only where a label exists. The head then runs on those positions in chunks
+(each recomputed in the backward pass when the batch is large), and only one chunk of fp32 logits
+exists at a time. The loss is a *sum* over trained tokens; the trainer divides it by the number of
+trained tokens in the whole accumulated batch, which makes gradient accumulation exact.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+# Above this many bytes of fp32 logits, chunks are recomputed in backward instead of kept.
+CHUNK_BYTES = 256 * 2**20
+
+
+class _Passthrough(nn.Module):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` module inside DDP / compile / PEFT wrappers."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def _logit_transform(config):
+    """Post-processing some architectures apply to logits after the head (kept exact here)."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)  # Cohere
+    divide = getattr(config, "logits_scaling", None)  # Granite
+
+    def apply(logits: torch.Tensor) -> torch.Tensor:
+        if scale not in (None, 1, 1.0):
+            logits = logits * scale
+        if divide not in (None, 1, 1.0):
+            logits = logits / divide
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return apply
+
+
+@contextmanager
+def _head_bypassed(lm: nn.Module):
+    head = getattr(lm, "lm_head", None)
+    if not isinstance(head, nn.Module):
+        yield None
+        return
+    lm.lm_head = _Passthrough()
+    try:
+        yield head
+    finally:
+        lm.lm_head = head
+
+
+def _chunk_ce(head: nn.Module, transform, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.is_floating_point() and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)  # accelerate's mixed-precision wrapper returns fp32 outputs
+    logits = transform(head(hidden)).float()
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Cross-entropy of every trained token in ``batch`` (1-D, in order of position).
+
+    ``batch`` holds ``input_ids`` and ``shift_labels`` (label each position predicts, -100 for
+    none), and optionally ``position_ids`` (packed rows) and ``attention_mask``.
+    """
+    labels = batch["shift_labels"]
+    keep = labels.ne(IGNORE)
+    targets = labels[keep]
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask")}
+    lm = causal_lm(model)
+    transform = _logit_transform(getattr(lm, "config", None))
+    if not keep.any():
+        # Keep the graph connected (every trainable parameter gets a zero gradient).
+        out = model(**inputs, use_cache=False, logits_to_keep=1)
+        return out.logits.sum()[None] * 0.0
+    with _head_bypassed(lm) as head:
+        out = model(**inputs, use_cache=False, logits_to_keep=keep)
+    hidden = out.logits
+    if hidden.dim() == 3:  # models without boolean logits_to_keep support
+        hidden = hidden[keep] if hidden.shape[:2] == keep.shape else hidden.reshape(-1, hidden.shape[-1])
+    if head is None:  # no separate head module: the model returned logits already
+        return F.cross_entropy(hidden.float(), targets, reduction="none")
+    n, vocab = hidden.shape[0], int(getattr(head, "out_features", 0) or head.weight.shape[0])
+    if chunk_tokens is None:
+        chunk_tokens = max(64, CHUNK_BYTES // (4 * vocab))
+    if n * vocab * 4 <= CHUNK_BYTES or not torch.is_grad_enabled():
+        pieces = [_chunk_ce(head, transform, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens])
+                  for i in range(0, n, chunk_tokens)]
+    else:
+        pieces = [
+            checkpoint(_chunk_ce, head, transform, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens],
+                       use_reentrant=False)
+            for i in range(0, n, chunk_tokens)
+        ]
+    return torch.cat(pieces)
+
+
+def summed_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+    """(sum of trained-token losses, number of trained tokens)."""
+    losses = token_losses(model, batch)
+    return losses.sum(), int(batch["shift_labels"].ne(IGNORE).sum())

@@ -1,0 +1,106 @@
+"""Padding-free batches: examples are packed into rows of at most ``sequence_len`` tokens and every
+micro-batch is flattened into one row whose ``position_ids`` restart at 0 for each example.
+
+transformers turns restarting ``position_ids`` (with no ``attention_mask``) into a block-diagonal
+causal mask for sdpa/eager attention, and flash-attention uses them as sequence boundaries, so packed
+examples never attend to each other (proved in tests/test_train_packing.py). No token is padding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+IGNORE = -100
+
+
+def usable(example) -> bool:
+    """An example can be trained on: at least two tokens and at least one trained label."""
+    return len(example.input_ids) >= 2 and any(label != IGNORE for label in example.labels[1:])
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: indices of examples grouped into rows of <= ``capacity``
+    tokens. Deterministic for the same lengths, so resumed runs see the same rows."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for i in order:
+        n = min(lengths[i], capacity)
+        pos = bisect.bisect_left(free, (n, -1))
+        if pos < len(free):
+            space, row = free.pop(pos)
+            rows[row].append(i)
+            space -= n
+        else:
+            rows.append([i])
+            row, space = len(rows) - 1, capacity - n
+        if space > 0:
+            bisect.insort(free, (space, row))
+    for row in rows:
+        row.sort()
+    rows.sort(key=lambda r: r[0])
+    return rows
+
+
+class RowDataset:
+    """A map-style dataset of rows; each row is a list of tokenized examples trained together."""
+
+    def __init__(self, examples: list, sequence_len: int, packing: bool):
+        self.examples = examples
+        if packing:
+            self.rows = pack_rows([len(e.input_ids) for e in examples], sequence_len)
+        else:
+            self.rows = [[i] for i in range(len(examples))]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: int) -> list:
+        return [self.examples[i] for i in self.rows[idx]]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+
+@dataclass
+class PaddingFreeCollator:
+    """Flatten a micro-batch of rows into a single ``[1, T]`` row.
+
+    Returns ``input_ids``, ``position_ids`` (restarting per example) and ``shift_labels``: the label
+    each position predicts (the next token, or -100), so an example's last token never predicts the
+    first token of the next example.
+    """
+
+    def __call__(self, rows: list[list]) -> dict:
+        import torch
+
+        ids: list[int] = []
+        pos: list[int] = []
+        shift: list[int] = []
+        for row in rows:
+            for ex in row:
+                n = len(ex.input_ids)
+                ids.extend(ex.input_ids)
+                pos.extend(range(n))
+                shift.extend(ex.labels[1:])
+                shift.append(IGNORE)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+            "shift_labels": torch.tensor([shift], dtype=torch.long),
+        }
+
+
+def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of ``items`` (at least one when fraction > 0) with a seeded shuffle."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    idx = list(range(len(items)))
+    random.Random(seed).shuffle(idx)
+    n_eval = min(len(items) - 1, max(1, round(len(items) * fraction)))
+    held = set(idx[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
