@@ -175,6 +175,7 @@ CONFIG_KINDS: dict[str, str] = {
     "train": "tunewise.config:RunConfig",
     "compare": "tunewise.compare.config:CompareConfig",
     "advise": "tunewise.advise:Answers",
+    "eval": "tunewise.evaluate:EvalConfig",
 }
 
 

@@ -1,0 +1,420 @@
+"""Training throughput: `tunewise train` against the plain TRL + PEFT recipe, in one run.
+
+Run (from the repository root; the default 4 steps per arm took ~35 min on a busy 2-core CPU
+machine, two thirds of it the held-out eval of each arm):
+
+    .venv/bin/python bench/train_throughput.py                 # 4 optimizer steps per arm
+    .venv/bin/python bench/train_throughput.py --steps 10      # steadier figures, ~2.5x longer
+    .venv/bin/python bench/train_throughput.py --model /path/to/hf-dir --json out.json
+
+Both arms fine-tune the embedded model (SmolLM2-135M-Instruct) with LoRA r=16, alpha=16 on
+q,k,v,up,gate,down projections, sequence length 2048, 8 examples per optimizer step, the same
+learning rate and the same number of optimizer steps, on LLaMA-Factory's alpaca_en_demo.json minus
+a fixed held-out slice (its last ``--eval-rows`` rows):
+
+  (a) plain: TRL ``SFTTrainer`` + PEFT with TRL's defaults: micro-batch 2 x accumulation 4, no
+      packing, fp32 weights (TRL's own defaults then add bf16 autocast and gradient checkpointing),
+      prompt-completion conversational data (so loss on the response only, TRL's default for that
+      format).
+  (b) tunewise: ``tunewise.train.train`` with its fastest settings (see TUNEWISE_SETTINGS).
+
+Each arm runs in its own subprocess, so peak resident memory (whole process tree, polled, and the
+child's own ``ru_maxrss``) belongs to that arm alone. Measured identically in both arms, by wrapping
+``transformers.Trainer``: trained (non-padding) tokens = the input tokens of every micro-batch that
+are not padding; loss-bearing tokens = those with a label; time = the ``Trainer.train()`` call.
+Afterwards one shared function computes the eval loss of both adapters: the mean cross-entropy
+per response token over the held-out slice (full-vocabulary logits, fp32, one example at a time).
+MFU = model FLOPs per second / the matmul peak measured at the start of this run (bf16 and fp32).
+Model FLOPs per trained token use the usual 6N + 12·L·d·T rule (N = weights used in matmuls,
+T = mean example length), the same formula for both arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "gate_proj", "down_proj"]
+LORA_R = 16
+LORA_ALPHA = 16
+SEQ_LEN = 2048
+EFFECTIVE_BATCH = 8
+LEARNING_RATE = 2e-4
+SEED = 42
+
+# tunewise's fastest settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
+# optimizer step in one flattened padding-free row (no accumulation), bf16 weights (this CPU has
+# bf16 matmul), no gradient checkpointing; the loss only computes logits at response tokens.
+# --tunewise-set gradient_checkpointing=true trades ~8% speed for ~40% less memory.
+TUNEWISE_SETTINGS = {
+    "packing": False,
+    "micro_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "precision": "bf16",
+    "gradient_checkpointing": False,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement shared by both arms (runs inside each arm's subprocess)
+# ---------------------------------------------------------------------------------------------
+
+
+class Meter:
+    """Counts the tokens of every micro-batch the Trainer trains on and times ``Trainer.train``."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.loss_tokens = 0
+        self.micro_batches = 0
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def count(self, inputs) -> None:
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+        if inputs.get("shift_labels") is not None:
+            self.loss_tokens += int(inputs["shift_labels"].ne(-100).sum())
+        elif inputs.get("labels") is not None:
+            self.loss_tokens += int(inputs["labels"][:, 1:].ne(-100).sum())
+        self.micro_batches += 1
+
+    def install(self) -> None:
+        from transformers import Trainer
+
+        meter = self
+        train, training_step = Trainer.train, Trainer.training_step
+
+        def timed_train(self, *a, **k):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return train(self, *a, **k)
+            finally:
+                meter.seconds += time.perf_counter() - t0
+                meter.cpu_seconds += time.process_time() - c0
+
+        def counted_step(self, model, inputs, *a, **k):
+            meter.count(inputs)
+            return training_step(self, model, inputs, *a, **k)
+
+        Trainer.train, Trainer.training_step = timed_train, counted_step
+
+
+def split_data(work: Path, eval_rows: int) -> tuple[Path, Path]:
+    """Write the training rows and the held-out slice (the last ``eval_rows`` rows) as Alpaca files."""
+    rows = json.loads(DATA.read_text(encoding="utf-8"))
+    train, held = rows[:-eval_rows], rows[-eval_rows:]
+    (work / "train.json").write_text(json.dumps(train), encoding="utf-8")
+    (work / "eval.json").write_text(json.dumps(held), encoding="utf-8")
+    return work / "train.json", work / "eval.json"
+
+
+def arm_plain(model_dir: str, train_file: Path, out: Path, steps: int, meter: Meter) -> dict:
+    """TRL SFTTrainer + PEFT, TRL defaults apart from what the comparison fixes."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tunewise.data.formats import load_conversations
+
+    convs = load_conversations(train_file, "alpaca")
+    rows = [
+        {
+            "prompt": [{"role": m.role, "content": m.content} for m in c.messages[:-1]],
+            "completion": [{"role": "assistant", "content": c.messages[-1].content}],
+        }
+        for c in convs
+    ]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=EFFECTIVE_BATCH // 2,
+        max_length=SEQ_LEN,
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        seed=SEED,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        # TRL's bf16=True default refuses a CPU-only machine unless told to use it (its error says so).
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=TARGETS, task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    settings = {
+        "bf16_autocast": bool(args.bf16),
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "packing": bool(args.packing),
+        "micro_batch": args.per_device_train_batch_size,
+        "accumulation": args.gradient_accumulation_steps,
+        "weights": "fp32",
+    }
+    return {"adapter": str(out / "adapter"), "compute_dtype": "bf16" if args.bf16 else "fp32",
+            "settings": settings}
+
+
+def arm_tunewise(model_dir: str, train_file: Path, out: Path, steps: int, meter: Meter,
+                 overrides: dict) -> dict:
+    """``tunewise.train.train`` with TUNEWISE_SETTINGS (and any --tunewise-set overrides)."""
+    from tunewise.config import RunConfig
+    from tunewise.train import train
+
+    settings = {**TUNEWISE_SETTINGS, **overrides}
+    cfg = RunConfig(
+        base_model=model_dir,
+        datasets=[{"path": str(train_file), "format": "alpaca"}],
+        sequence_len=SEQ_LEN,
+        lora_r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_target_modules=TARGETS,
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler="linear",
+        warmup_ratio=0.0,
+        seed=SEED,
+        output_dir=str(out / "run"),
+        **settings,
+    )
+    result = train(cfg, progress=False, overwrite=True)
+    dtype = settings.get("precision", "auto")
+    return {"adapter": str(result.adapter_dir), "compute_dtype": "bf16" if dtype == "bf16" else "fp32",
+            "settings": settings, "tunewise_reported_tokens_per_second": result.tokens_per_second}
+
+
+def run_arm(name: str, model_dir: str, work: Path, steps: int, result_file: Path, overrides: dict) -> None:
+    """Entry point of one arm's subprocess: train, then write the measurements as JSON."""
+    import torch
+
+    torch.manual_seed(SEED)
+    meter = Meter()
+    meter.install()
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    train_file = work / "train.json"
+    if name == "plain":
+        info = arm_plain(model_dir, train_file, out, steps, meter)
+    else:
+        info = arm_tunewise(model_dir, train_file, out, steps, meter, overrides)
+    info.update(
+        tokens=meter.tokens,
+        loss_tokens=meter.loss_tokens,
+        micro_batches=meter.micro_batches,
+        seconds=meter.seconds,
+        cpu_seconds=meter.cpu_seconds,
+        ru_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        threads=torch.get_num_threads(),
+    )
+    result_file.write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: peaks, subprocesses, eval, report
+# ---------------------------------------------------------------------------------------------
+
+
+def matmul_peak(dtype_name: str, seconds: float = 3.0, n: int = 2048) -> float:
+    """Best sustained FLOP/s of an n x n matmul in ``dtype`` on this machine (all torch threads)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def spawn_arm(name: str, model_dir: str, work: Path, steps: int, overrides: dict) -> dict:
+    """Run one arm in a fresh interpreter, polling the RSS of its whole process tree."""
+    import psutil
+
+    result_file = work / f"{name}.result.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_arm", name, "--_work", str(work),
+           "--model", model_dir, "--steps", str(steps), "--_overrides", json.dumps(overrides)]
+    log = open(work / f"{name}.log", "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    peak = 0
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    log.close()
+    if proc.returncode != 0:
+        tail = (work / f"{name}.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"arm {name} failed (exit {proc.returncode}):\n{tail}")
+    info = json.loads(result_file.read_text(encoding="utf-8"))
+    info["peak_rss_bytes"] = max(peak, info["ru_maxrss_bytes"])
+    return info
+
+
+def eval_loss(model_dir: str, adapter: str, eval_file: Path) -> tuple[float, int]:
+    """Mean cross-entropy per response token over the held-out slice (shared by both arms)."""
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunewise.data.formats import load_conversations
+    from tunewise.data.tokenize import tokenize_dataset
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    examples = tokenize_dataset(load_conversations(eval_file, "alpaca"), tok, SEQ_LEN, train_on="assistant")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            ids = torch.tensor([ex.input_ids])
+            labels = torch.tensor(ex.labels[1:])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            keep = labels.ne(-100)
+            total += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+            count += int(keep.sum())
+    return total / count, count
+
+
+def model_flops_per_token(model_dir: str, mean_len: float) -> tuple[float, int]:
+    """6N + 12·L·d·T (PaLM's MFU rule): N = weights in matmuls (incl. the output head)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    d, L, ff = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+    head_dim = getattr(c, "head_dim", None) or d // c.num_attention_heads
+    kv = c.num_key_value_heads * head_dim
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * ff
+    n = L * per_layer + d * c.vocab_size
+    return 6 * n + 12 * L * d * mean_len, n
+
+
+def mean_example_len(model_dir: str, train_file: Path) -> float:
+    from transformers import AutoTokenizer
+
+    from tunewise.data.formats import load_conversations
+    from tunewise.data.tokenize import tokenize_dataset
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    exs = tokenize_dataset(load_conversations(train_file, "alpaca"), tok, SEQ_LEN, train_on="assistant")
+    return sum(len(e.input_ids) for e in exs) / len(exs)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per arm")
+    ap.add_argument("--eval-rows", type=int, default=40, help="held-out rows (the last N of the file)")
+    ap.add_argument("--model", default=None, help="HF model dir (default: the embedded smollm2-135m)")
+    ap.add_argument("--arms", default="plain,tunewise", help="comma-separated: plain, tunewise")
+    ap.add_argument("--tunewise-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one of TUNEWISE_SETTINGS (YAML value), e.g. precision=fp32")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out eval loss (quick probes)")
+    ap.add_argument("--_arm", help=argparse.SUPPRESS)
+    ap.add_argument("--_work", help=argparse.SUPPRESS)
+    ap.add_argument("--_overrides", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args._arm:
+        run_arm(args._arm, args.model, Path(args._work), args.steps, Path(args._work) / f"{args._arm}.result.json",
+                json.loads(args._overrides))
+        return
+
+    from tunewise.config import parse_overrides
+
+    if not DATA.is_file():
+        raise SystemExit(f"data not found: {DATA}")
+    if args.model is None:
+        from tunewise.models import resolve_model
+
+        args.model = str(resolve_model("smollm2-135m").path)
+    overrides = parse_overrides(args.tunewise_set)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    work = Path(tempfile.mkdtemp(prefix="tunewise-bench-"))
+    train_file, eval_file = split_data(work, args.eval_rows)
+    print(f"model {args.model}\ndata {DATA} ({args.eval_rows} held-out rows)\nwork dir {work}", flush=True)
+
+    import torch
+
+    peaks = {d: matmul_peak(d) for d in ("fp32", "bf16")}
+    print(f"matmul peak on {torch.get_num_threads()} threads: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
+    mean_len = mean_example_len(args.model, train_file)
+    fpt, n_matmul = model_flops_per_token(args.model, mean_len)
+
+    results: dict[str, dict] = {}
+    for name in arms:
+        print(f"\n== {name}: training {args.steps} optimizer steps ...", flush=True)
+        info = spawn_arm(name, args.model, work, args.steps, overrides)
+        info["eval_loss"], info["eval_tokens"] = (
+            (float("nan"), 0) if args.no_eval else eval_loss(args.model, info["adapter"], eval_file))
+        info["tokens_per_s"] = info["tokens"] / info["seconds"]
+        info["loss_tokens_per_s"] = info["loss_tokens"] / info["seconds"]
+        info["tokens_per_cpu_s"] = info["tokens"] / info["cpu_seconds"]
+        info["mfu"] = info["tokens_per_s"] * fpt / peaks[info["compute_dtype"]]
+        results[name] = info
+        print(f"   {info['tokens']} tokens ({info['loss_tokens']} loss-bearing) in {info['seconds']:.1f} s; "
+              f"peak RSS {gib(info['peak_rss_bytes'])}; eval loss {info['eval_loss']:.4f}", flush=True)
+
+    print(f"\nLoRA r={LORA_R} alpha={LORA_ALPHA} on {','.join(TARGETS)}; seq len {SEQ_LEN}; "
+          f"{EFFECTIVE_BATCH} examples/step; lr {LEARNING_RATE}; {args.steps} steps; "
+          f"mean example {mean_len:.0f} tokens; {fpt / 1e9:.2f} GFLOP/token (N={n_matmul / 1e6:.1f}M)")
+    header = f"{'arm':<10}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<10}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{r['loss_tokens_per_s']:>12.1f}{gib(r['peak_rss_bytes']):>12}"
+              f"{r['eval_loss']:>11.4f}{r['mfu'] * 100:>7.1f}%  {r['compute_dtype']} {r['settings']}")
+    verdict = {}
+    if {"plain", "tunewise"} <= results.keys():
+        a, b = results["plain"], results["tunewise"]
+        speed = b["tokens_per_s"] / a["tokens_per_s"]
+        mem = b["peak_rss_bytes"] / a["peak_rss_bytes"]
+        loss = b["eval_loss"] / a["eval_loss"] - 1
+        verdict = {"speedup": speed, "memory_ratio": mem, "eval_loss_change": loss,
+                   "speed_ok": speed >= 3, "memory_ok": mem <= 0.6, "loss_ok": loss <= 0.03}
+        print(f"\ntunewise vs plain: {speed:.2f}x tokens/s (target >= 3x: {'PASS' if speed >= 3 else 'FAIL'}), "
+              f"{mem:.2f}x peak memory (target <= 0.6x: {'PASS' if mem <= 0.6 else 'FAIL'}), "
+              f"eval loss {loss * 100:+.1f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'})")
+    if args.json:
+        args.json.write_text(json.dumps({"steps": args.steps, "peaks_flops": peaks, "mean_len": mean_len,
+                                         "flops_per_token": fpt, "arms": results, "verdict": verdict},
+                                        indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
