@@ -1,0 +1,136 @@
+"""Measurement verbs: `eval` (one model on held-out data), `compare` (prompting vs few-shot vs RAG
+vs fine-tuning vs an API model, with costs and a recommendation) and `demo` (the main job)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedded name, HF dir, .gguf or run directory."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Held-out conversations (any training format)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: loss,exact_match,rouge_l,chrf,checks,judge."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Eval config (kind: eval) with checks/judge."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set max_new_tokens=64"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest generated answer."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
+    outputs: Optional[Path] = typer.Option(None, "--outputs", "-o", help="Per-example JSONL (default: eval-outputs.jsonl)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Evaluate a model: loss/perplexity, exact match, ROUGE-L, chrF, task checks, judge, latency.
+
+    Example: [bold]tunewise eval --model runs/notices --data eval.jsonl --metrics rouge_l,chrf,loss[/]
+    """
+    from tunewise.config import load_config
+    from tunewise.errors import TunewiseError
+    from tunewise.evaluate import EvalConfig, evaluate
+
+    cfg = load_config(config, set_, schema=EvalConfig) if config else load_config(None, set_, schema=EvalConfig)
+    model = model or cfg.model or "smollm2-135m"
+    data_path = data or (Path(cfg.eval_file) if cfg.eval_file else None)
+    if data_path is None:
+        raise TunewiseError("no eval data given", "pass --data EVAL_FILE or set eval_file in --config")
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.metrics
+    out = outputs or Path("eval-outputs.jsonl")
+    rep = evaluate(model, data_path, metrics=chosen, checks=cfg.checks, judge=cfg.judge,
+                   system_prompt=cfg.system_prompt, max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+                   sequence_len=cfg.sequence_len, limit=limit or cfg.limit, outputs_path=out,
+                   data_format=cfg.eval_format, mapping=cfg.mapping, progress=not as_json)
+    if as_json:
+        print(json.dumps(rep.summary(), indent=2, ensure_ascii=False))
+        return
+    t = Table(title=f"{model} on {data_path} ({rep.n_examples} examples)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in rep.metrics.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k, v in rep.check_rates.items():
+        t.add_row(f"check: {k}", f"{v * 100:.0f}%")
+    t.add_row("latency p50 / p95", f"{rep.latency_p50_s:.2f} s / {rep.latency_p95_s:.2f} s")
+    t.add_row("tokens in / out (mean)", f"{rep.mean_input_tokens:.0f} / {rep.mean_output_tokens:.0f}")
+    t.add_row("stopped by itself", f"{rep.stopped_rate * 100:.0f}%")
+    console.print(t)
+    for n in rep.notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    console.print(f"Per-example outputs: {rep.outputs_path}", highlight=False, soft_wrap=True)
+
+
+def compare_cmd(
+    config: Path = typer.Argument(..., help="Compare config (kind: compare)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: --set limit=5"),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json's arms and recommendation."),
+) -> None:
+    """Run prompt / few-shot / RAG / fine-tuned / API arms on one eval set; price them; recommend one.
+
+    Example: [bold]tunewise compare examples/compare-notices.yaml[/]
+    """
+    from tunewise.compare import run_compare
+
+    res = run_compare(config, set_, quiet=as_json)
+    if as_json:
+        r = res.report
+        print(json.dumps({"arms": r["arms"], "recommendation": r["recommendation"],
+                          "report_html": str(res.html_path)}, indent=2, ensure_ascii=False))
+        return
+    print_compare_summary(res.report, res.html_path)
+
+
+def print_compare_summary(report: dict, html_path: Path) -> None:
+    from tunewise.compare.report import _money
+
+    cur = report["currency"]
+    t = Table(title=f"{report['name']} — {report['n_examples']} eval examples, quality = {report['primary_metric']}")
+    for col in ("arm", "quality", "p50 s", "tokens in/out", "cost / 1k queries", "monthly"):
+        t.add_column(col, justify="left" if col == "arm" else "right")
+    pick = report["recommendation"].get("arm")
+    for a in report["arms"]:
+        if a.get("status") != "ok":
+            t.add_row(a["name"], "skipped", "", "", "", a.get("skip_reason", ""))
+            continue
+        style = "bold green" if a["name"] == pick else None
+        t.add_row(a["name"], f"{a['quality']:.3f}" if a["quality"] is not None else "–", f"{a['latency_p50_s']:.2f}",
+                  f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
+                  _money(a.get("cost_per_1k_queries"), cur), _money(a.get("monthly_cost"), cur), style=style)
+    console.print(t)
+    for s in report["recommendation"]["statements"]:
+        console.print(f"[bold]→[/] {s}", highlight=False)
+    console.print(f"Report: {html_path}", highlight=False, soft_wrap=True)
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("tunewise-demo"), "--out", "-o", help="Where data, runs and reports go."),
+    scenario: str = typer.Option("all", "--scenario", help="format, knowledge or all."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny budget (smoke test; numbers are not meaningful)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the embedded smollm2-135m)."),
+) -> None:
+    """The main job: two scenarios (legal notices, company policy Q&A), each trained, compared, reported.
+
+    Example: [bold]tunewise demo --out demo-out[/]
+    """
+    from tunewise.demo import run_demo
+
+    results = run_demo(out, scenario=scenario, quick=quick, model=model)
+    for r in results:
+        console.rule(f"[bold]{r.title}")
+        print_compare_summary(r.report, r.html_path)
+    console.rule("[bold]Recommendations")
+    for r in results:
+        console.print(f"[bold]{r.title}[/]: {r.report['recommendation']['statements'][0]}", highlight=False)
+        for s in r.report["recommendation"]["statements"][1:]:
+            console.print(f"   {s}", highlight=False)
+        console.print(f"   report: {r.html_path}", highlight=False, soft_wrap=True)
+    console.print(f"Measured tables of every scenario: {out / 'summary.md'}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("demo")(demo_cmd)

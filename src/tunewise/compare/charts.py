@@ -1,0 +1,105 @@
+"""Charts of a comparison as PNG bytes (matplotlib, Agg backend): quality vs cost, per-metric
+bars, latency, and training loss curves."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+COLORS = {"prompt": "#4C72B0", "few_shot": "#55A868", "rag": "#8172B2", "finetuned": "#C44E52", "api": "#CCB974"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick: str | None) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    placed: list[tuple[float, float]] = []
+    xmax = max([a["cost_per_1k_queries"] for a in arms if a.get("cost_per_1k_queries") is not None] or [1.0])
+    for a in arms:
+        if a.get("quality") is None or a.get("cost_per_1k_queries") is None:
+            continue
+        x, y = a["cost_per_1k_queries"], a["quality"]
+        # Stack labels of points that sit close together instead of printing them on top of each other.
+        near = sum(1 for px, py in placed if abs(px - x) < 0.15 * xmax and abs(py - y) < 0.06)
+        placed.append((x, y))
+        ax.scatter([x], [y], s=160 if a["name"] == pick else 80, color=COLORS.get(a["kind"], "#777"),
+                   edgecolors="black" if a["name"] == pick else "none", linewidths=2, zorder=3)
+        ax.annotate(a["name"] + ("  ← recommended" if a["name"] == pick else ""), (x, y),
+                    textcoords="offset points", xytext=(8, 4 + 12 * near), fontsize=9)
+    ax.set_xlabel(f"cost per 1,000 queries ({currency})")
+    ax.set_ylabel(f"quality ({metric})")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlim(0, xmax * 1.4 if xmax > 0 else 1.0)
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality vs cost (up and left is better)")
+    return _png(fig)
+
+
+def metric_bars(arms: list[dict[str, Any]], metrics: list[str]) -> bytes:
+    plt = _plt()
+    ran = [a for a in arms if a.get("status") == "ok"]
+    metrics = [m for m in metrics if any(m in a.get("metrics", {}) for a in ran)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / max(len(ran), 1)
+    for i, a in enumerate(ran):
+        vals = [a["metrics"].get(m, 0.0) for m in metrics]
+        xs = [j + i * width - 0.4 + width / 2 for j in range(len(metrics))]
+        ax.bar(xs, vals, width=width, label=a["name"], color=COLORS.get(a["kind"], None))
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (0..1, higher is better)")
+    ax.legend(fontsize=8, ncol=min(len(ran), 5))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Quality metrics per arm")
+    return _png(fig)
+
+
+def latency_bars(arms: list[dict[str, Any]]) -> bytes:
+    plt = _plt()
+    ran = [a for a in arms if a.get("status") == "ok"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    xs = range(len(ran))
+    ax.bar([x - 0.2 for x in xs], [a["latency_p50_s"] for a in ran], width=0.4, label="p50", color="#4C72B0")
+    ax.bar([x + 0.2 for x in xs], [a["latency_p95_s"] for a in ran], width=0.4, label="p95", color="#DD8452")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([a["name"] for a in ran])
+    ax.set_ylabel("seconds per query")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Latency per query")
+    return _png(fig)
+
+
+def loss_curve(curve: list[dict[str, Any]], title: str) -> bytes | None:
+    train = [(r["step"], r["loss"]) for r in curve if r.get("loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in curve if r.get("eval_loss") is not None]
+    if not train and not evals:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="#C44E52")
+    if evals:
+        ax.plot(*zip(*evals), "o--", label="held-out loss", color="#4C72B0")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return _png(fig)

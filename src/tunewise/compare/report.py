@@ -1,0 +1,136 @@
+"""report.html: one self-contained page (inline CSS, charts embedded as base64 PNG) that reads
+offline, built from the same dict as report.json."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Any
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
+.rec{border-left:6px solid #2e7d32;background:#eef7ee;padding:1em 1.2em;margin:1.2em 0;font-size:1.05em}
+.rec.bad{border-color:#c62828;background:#fbeeee}
+table{border-collapse:collapse;width:100%;margin:1em 0;font-size:.92em}
+th,td{border:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.pick td{background:#f3fbf3;font-weight:600}
+.charts{display:flex;flex-wrap:wrap;gap:1em} .charts figure{margin:0;flex:1 1 480px}
+.charts img{max-width:100%;border:1px solid #eee}
+figcaption{color:#666;font-size:.85em}
+pre{white-space:pre-wrap;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
+.note{color:#8a6d3b} .wide{overflow-x:auto} small{color:#777}
+"""
+
+
+def _img(png: bytes | None, alt: str, ident: str) -> str:
+    if not png:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure id="{ident}"><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(alt)}</figcaption></figure>")
+
+
+def _num(x: Any, fmt: str = "{:.3f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _money(x: float | None, cur: str) -> str:
+    if x is None:
+        return "unknown"
+    sym = {"INR": "₹", "USD": "$"}.get(cur, cur + " ")
+    return f"{sym}{x:,.2f}" if x >= 1 else f"{sym}{x:,.4f}"
+
+
+def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
+    cur = report["currency"]
+    rec = report["recommendation"]
+    arms = report["arms"]
+    pm = report["primary_metric"]
+    metric_names = report["metrics_shown"]
+    bad = rec.get("arm") is None or any("not fit for use" in s for s in rec.get("statements", []))
+    h: list[str] = []
+    h.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>")
+    h.append(f"<title>tunewise compare — {escape(report['name'])}</title><style>{CSS}</style></head><body>")
+    h.append(f"<h1>{escape(report['name'])}</h1>")
+    h.append(f"<p class='sub'>{report['n_examples']} eval examples from <code>{escape(report['eval_file'])}</code>"
+             f" · base model <code>{escape(report['base_model'])}</code> · local arms priced on "
+             f"{escape(report['hardware']['name'])} at {_money(report['hardware']['price_per_hour'], cur)}/hour"
+             f" · {report['monthly_queries']:,} queries/month · {escape(report['created'])}</p>")
+
+    h.append(f"<section id='recommendation' class='rec{' bad' if bad else ''}'><h2>Recommendation</h2>")
+    for s in rec.get("statements", []):
+        h.append(f"<p>{escape(s)}</p>")
+    h.append(f"<p><small>Rule: {escape(rec['rule'])}.</small></p></section>")
+
+    h.append("<h2>Results</h2><div class='wide'><table id='results'><tr><th>arm</th><th>kind</th>"
+             f"<th>quality ({escape(pm)})</th>")
+    for m in metric_names:
+        h.append(f"<th>{escape(m)}</th>")
+    h.append("<th>p50 s</th><th>p95 s</th><th>tokens in / out</th><th>stopped</th>"
+             f"<th>cost / 1k queries</th><th>monthly cost</th><th>training cost</th></tr>")
+    for a in arms:
+        pick = " class='pick'" if a["name"] == rec.get("arm") else ""
+        if a.get("status") != "ok":
+            h.append(f"<tr><td>{escape(a['name'])}</td><td>{escape(a['kind'])}</td>"
+                     f"<td colspan='{9 + len(metric_names)}' class='note'>not measured: "
+                     f"{escape(a.get('skip_reason', ''))}</td></tr>")
+            continue
+        h.append(f"<tr{pick}><td>{escape(a['name'])}</td><td>{escape(a['kind'])}</td>"
+                 f"<td class='num'>{_num(a['quality'])}</td>")
+        for m in metric_names:
+            h.append(f"<td class='num'>{_num(a['metrics'].get(m))}</td>")
+        tr = a.get("training") or {}
+        h.append(f"<td class='num'>{a['latency_p50_s']:.2f}</td><td class='num'>{a['latency_p95_s']:.2f}</td>"
+                 f"<td class='num'>{a['mean_input_tokens']:.0f} / {a['mean_output_tokens']:.0f}</td>"
+                 f"<td class='num'>{a['stopped_rate'] * 100:.0f}%</td>"
+                 f"<td class='num'>{_money(a.get('cost_per_1k_queries'), cur)}</td>"
+                 f"<td class='num'>{_money(a.get('monthly_cost'), cur)}</td>"
+                 f"<td class='num'>{_money(tr.get('cost'), cur) if tr else '–'}</td></tr>")
+    h.append("</table></div>")
+    h.append(f"<p><small>Cost of local arms = measured seconds per query × {_money(report['hardware']['price_per_hour'], cur)}"
+             f"/hour ÷ 3600 (one query at a time; batching serves more per hour). API arms: token counts × "
+             f"prices from genai-prices. 1 USD = {report['usd_rate']:g} {escape(cur)}.</small></p>")
+
+    checks = [a for a in arms if a.get("check_rates")]
+    if checks:
+        names = list(checks[0]["check_rates"])
+        h.append("<h3>Task checks (pass rate)</h3><table id='checks'><tr><th>check</th>")
+        h.extend(f"<th>{escape(a['name'])}</th>" for a in checks)
+        h.append("</tr>")
+        for n in names:
+            h.append(f"<tr><td>{escape(n)}</td>")
+            h.extend(f"<td class='num'>{a['check_rates'].get(n, 0) * 100:.0f}%</td>" for a in checks)
+            h.append("</tr>")
+        h.append("</table>")
+
+    h.append("<h2>Charts</h2><div class='charts'>")
+    h.append(_img(charts.get("quality_vs_cost"), "Quality vs cost per 1,000 queries", "chart-quality-cost"))
+    h.append(_img(charts.get("metrics"), "Quality metrics per arm", "chart-metrics"))
+    h.append(_img(charts.get("latency"), "Latency per query (p50, p95)", "chart-latency"))
+    for name, png in charts.items():
+        if name.startswith("loss:"):
+            h.append(_img(png, f"Training loss — {name[5:]}", f"chart-loss-{name[5:]}"))
+    h.append("</div>")
+
+    notes = [(a["name"], n) for a in arms for n in a.get("notes", [])] + [("", n) for n in report.get("notes", [])]
+    if notes:
+        h.append("<h2>Notes</h2><ul>")
+        h.extend(f"<li class='note'>{escape(arm + ': ' if arm else '')}{escape(n)}</li>" for arm, n in notes)
+        h.append("</ul>")
+
+    samples = report.get("samples", [])
+    shown = [a for a in arms if a.get("status") == "ok"]
+    if samples and shown:
+        h.append("<h2>Sample outputs</h2><div class='wide'><table id='samples'><tr><th>question</th><th>reference</th>")
+        h.extend(f"<th>{escape(a['name'])}</th>" for a in shown)
+        h.append("</tr>")
+        for s in samples:
+            h.append(f"<tr><td><pre>{escape(s['question'])}</pre></td><td><pre>{escape(s.get('reference') or '')}</pre></td>")
+            h.extend(f"<td><pre>{escape(s['outputs'].get(a['name'], ''))}</pre></td>" for a in shown)
+            h.append("</tr>")
+        h.append("</table></div>")
+    h.append(f"<p><small>Generated by tunewise {escape(report.get('tunewise_version', ''))}. Per-example outputs: "
+             f"<code>arms/&lt;arm&gt;/outputs.jsonl</code> beside this file.</small></p></body></html>")
+    return "".join(h)

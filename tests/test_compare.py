@@ -1,0 +1,238 @@
+"""`tunewise compare`: config errors, costs, the recommendation rule, and full runs of every arm
+type on the tiny model (the API arm against a local fake OpenAI-compatible server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_eval import FakeOpenAI, run_cli, write_jsonl
+from tunewise.compare import load_compare_config, recommend, run_compare
+from tunewise.compare.recommend import api_cost_per_1k_usd, local_cost_per_1k
+from tunewise.errors import TunewiseError
+
+QA = [("What is the casual leave?", "Nine days of casual leave.", ["Nine days"]),
+      ("Who approves travel?", "The department head approves travel.", ["department head"]),
+      ("What is the hotel limit?", "Hotels up to ₹6,500 per night.", ["₹6,500"]),
+      ("When are claims due?", "Claims are due within 30 days.", ["30 days"])]
+
+
+def rows(items, facts=True):
+    out = []
+    for q, a, f in items:
+        r = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        if facts:
+            r["must_include"] = f
+        out.append(r)
+    return out
+
+
+@pytest.fixture
+def files(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows(QA, facts=False))
+    write_jsonl(tmp_path / "eval.jsonl", rows(QA[:2]))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "policy.md").write_text("# Leave\n\nNine days of casual leave.\n\n# Travel\n\n"
+                                    "The department head approves travel. Hotels up to ₹6,500 per night.\n")
+    return tmp_path
+
+
+def fake_run_dir(base: Path, out: Path) -> Path:
+    """A run directory as `tunewise train` leaves it: PEFT adapter + summary + metrics (no training)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out / "adapter")
+    (out / "adapter" / "tunewise_base.json").write_text(json.dumps({"base_model": str(base)}))
+    (out / "summary.json").write_text(json.dumps({"steps": 3, "final_loss": 9.5, "seconds": 360.0}))
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 11 - s}) + "\n" for s in (1, 2, 3)))
+    return out
+
+
+def cfg_dict(files, **kw):
+    d = {"kind": "compare", "name": "t", "base_model": "smollm2-135m", "eval_file": str(files / "eval.jsonl"),
+         "train_file": str(files / "train.jsonl"), "max_new_tokens": 4, "output_dir": str(files / "report"),
+         "arms": [{"type": "prompt"}]}
+    d.update(kw)
+    return d
+
+
+# --- config errors ---------------------------------------------------------------------------
+
+
+def test_unknown_arm_type_is_named(files):
+    with pytest.raises(TunewiseError) as e:
+        load_compare_config(data=cfg_dict(files, arms=[{"type": "prompt"}, {"type": "magic"}]))
+    assert "arms[1].type 'magic' is not an arm type" in e.value.message
+    assert "prompt, few_shot, rag, finetuned, api" in e.value.hint
+
+
+def test_other_config_problems_are_listed(files):
+    with pytest.raises(TunewiseError) as e:
+        load_compare_config(data=cfg_dict(files, arms=[{"type": "finetuned"}, {"type": "rag"}], currency="EUR"))
+    msg = e.value.message
+    assert "exactly one of run" in msg and "needs docs" in msg and "currency" in msg
+    with pytest.raises(TunewiseError, match="kind must be 'compare'"):
+        load_compare_config(data={k: v for k, v in cfg_dict(files).items() if k != "kind"})
+    with pytest.raises(TunewiseError, match="arm names must be unique"):
+        load_compare_config(data=cfg_dict(files, arms=[{"type": "prompt", "name": "a"}, {"type": "few_shot", "name": "a"}]))
+
+
+def test_missing_run_directory_fails_before_any_work(files):
+    cfg = load_compare_config(data=cfg_dict(files, arms=[{"type": "prompt"}, {"type": "finetuned", "run": str(files / "runs/none")}]))
+    with pytest.raises(TunewiseError) as e:
+        run_compare(cfg, quiet=True)
+    assert "arms[1] (finetuned): run directory" in e.value.message and "does not exist" in e.value.message
+    assert "tunewise train" in e.value.hint
+    assert not (files / "report").exists()
+    (files / "half").mkdir()
+    cfg = load_compare_config(data=cfg_dict(files, arms=[{"type": "finetuned", "run": str(files / "half")}]))
+    with pytest.raises(TunewiseError, match="not a finished tunewise run"):
+        run_compare(cfg, quiet=True)
+
+
+def test_eval_file_in_the_wrong_format(files):
+    cfg = load_compare_config(data=cfg_dict(files, eval_format="alpaca"))
+    with pytest.raises(TunewiseError) as e:
+        run_compare(cfg, quiet=True)
+    assert e.value.message.startswith("eval file:") and "eval.jsonl" in e.value.message
+    (files / "eval.txt").write_text("plain words, no conversations\n")
+    cfg = load_compare_config(data=cfg_dict(files, eval_file=str(files / "eval.txt")))
+    with pytest.raises(TunewiseError, match="eval"):
+        run_compare(cfg, quiet=True)
+
+
+def test_cli_compare_bad_config_is_one_line(files, capsys):
+    path = files / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg_dict(files, arms=[{"type": "lora"}])))
+    code, out, err = run_cli(["compare", str(path)], capsys)
+    assert code == 1 and "arms[0].type 'lora' is not an arm type" in err and "Traceback" not in err
+
+
+# --- costs and the rule ----------------------------------------------------------------------
+
+
+def test_costs():
+    assert local_cost_per_1k(3.6, 10.0) == pytest.approx(10.0)  # 1000 × 3.6 s = 1 hour
+    usd, basis = api_cost_per_1k_usd("x", None, 100, 20, price_in=1.0, price_out=4.0)
+    assert usd == pytest.approx((100 * 1.0 + 20 * 4.0) * 1000 / 1e6) and "config" in basis
+    usd, basis = api_cost_per_1k_usd("gpt-4o-mini", "openai", 1000, 100)
+    assert usd is not None and usd > 0 and "genai-prices" in basis
+    usd, basis = api_cost_per_1k_usd("no-such-model-xyz", None, 1000, 100)
+    assert usd is None and "price_input_per_mtok_usd" in basis
+
+
+def arm(name, kind, q, cost, p50=1.0):
+    return {"name": name, "kind": kind, "status": "ok", "quality": q, "cost_per_1k_queries": cost, "latency_p50_s": p50}
+
+
+def test_rule_picks_cheapest_within_tolerance():
+    arms = [arm("prompt", "prompt", 0.50, 1.0), arm("rag", "rag", 0.80, 3.0),
+            arm("ft", "finetuned", 0.79, 1.2), arm("api", "api", 0.81, 20.0)]
+    rec = recommend(arms, tolerance=0.02, currency="INR")
+    assert rec["arm"] == "ft" and rec["finetuning_paid_off"] is True
+    assert set(rec["tied_arms"]) == {"rag", "ft", "api"}
+    rec = recommend(arms, tolerance=0.0, currency="INR")
+    assert rec["arm"] == "api" and rec["finetuning_paid_off"] is False
+    assert any(s.startswith("Fine-tuning did not pay off") for s in rec["statements"])
+
+
+def test_rule_says_plainly_when_finetuning_did_not_pay_off():
+    arms = [arm("prompt", "prompt", 0.2, 1.0), arm("rag", "rag", 0.9, 2.0), arm("ft", "finetuned", 0.3, 1.0),
+            {"name": "api", "kind": "api", "status": "skipped", "skip_reason": "OPENAI_API_KEY is not set", "quality": None}]
+    rec = recommend(arms, tolerance=0.05, currency="INR", min_quality=0.95, primary_metric="checks")
+    assert rec["arm"] == "rag"
+    text = rec["text"]
+    assert "Fine-tuning did not pay off: 'ft' reached 0.300, 0.600 below the best arm 'rag'" in text
+    assert "No arm is fit for use yet" in text and "'api' was not measured: OPENAI_API_KEY is not set" in text
+    # equal quality: the cheaper non-fine-tuned arm wins and the reason is stated
+    rec = recommend([arm("prompt", "prompt", 0.9, 1.0), arm("ft", "finetuned", 0.9, 1.5)], 0.02, "INR")
+    assert rec["arm"] == "prompt" and "matched the best quality" in rec["text"]
+
+
+# --- full runs -------------------------------------------------------------------------------
+
+
+def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
+    run = fake_run_dir(tiny_model_dir, files / "run")
+    monkeypatch.setenv("TW_TEST_API_KEY", "sk-abc")
+    monkeypatch.delenv("TW_TEST_MISSING_KEY", raising=False)
+    with FakeOpenAI("The department head approves travel.") as fake:
+        cfg = load_compare_config(data=cfg_dict(
+            files, base_model=str(tiny_model_dir), system_prompt="Answer briefly.",
+            hardware={"name": "test box", "price_per_hour": 36.0}, currency="INR", usd_rate=90.0,
+            monthly_queries=50_000, checks={"max_words": 50},
+            arms=[{"type": "prompt"}, {"type": "few_shot", "k": 2},
+                  {"type": "rag", "docs": str(files / "docs"), "k": 1, "examples_k": 1},
+                  {"type": "finetuned", "run": str(run)},
+                  {"type": "api", "model": "fake-model", "base_url": fake.base_url, "api_key_env": "TW_TEST_API_KEY",
+                   "price_input_per_mtok_usd": 1.0, "price_output_per_mtok_usd": 2.0},
+                  {"type": "api", "name": "no-key", "model": "gpt-4o-mini", "api_key_env": "TW_TEST_MISSING_KEY"}]))
+        res = run_compare(cfg, quiet=True)
+    rep = json.loads(res.json_path.read_text(encoding="utf-8"))
+    assert [a["name"] for a in rep["arms"]] == ["prompt", "few_shot", "rag", "finetuned", "api", "no-key"]
+    by = {a["name"]: a for a in rep["arms"]}
+    for a in rep["arms"][:5]:
+        assert a["status"] == "ok"
+        for key in ("kind", "quality", "cost_per_1k_queries_usd", "latency_p50_s", "latency_p95_s",
+                    "mean_input_tokens", "mean_output_tokens", "monthly_cost"):
+            assert a[key] is not None, (a["name"], key)
+        assert (res.output_dir / a["outputs_file"]).is_file()
+    assert rep["primary_metric"] == "checks"
+    # local cost = measured s/query × ₹36/hour ÷ 3600 × 1000
+    p = by["prompt"]
+    assert p["cost_per_1k_queries"] == pytest.approx(p["seconds_per_query"] * 10.0)
+    assert p["cost_per_1k_queries_usd"] == pytest.approx(p["cost_per_1k_queries"] / 90.0)
+    assert p["monthly_cost"] == pytest.approx(p["cost_per_1k_queries"] * 50)
+    # prompts grow with demonstrations and retrieved context
+    assert by["few_shot"]["mean_input_tokens"] > p["mean_input_tokens"]
+    assert by["rag"]["mean_input_tokens"] > p["mean_input_tokens"]
+    rag_lines = [json.loads(x) for x in (res.output_dir / by["rag"]["outputs_file"]).read_text().splitlines()]
+    assert rag_lines[0]["extra"]["retrieved"] == ["policy.md › Leave"] and len(rag_lines[0]["extra"]["demonstrations"]) == 1
+    # the API arm: the fake server's usage (30 in, 5 out) × the configured prices
+    api = by["api"]
+    assert api["quality"] == pytest.approx(0.75)  # fact found in 1 of 2 answers; max_words passes in both
+    assert api["cost_per_1k_queries_usd"] == pytest.approx((30 * 1.0 + 5 * 2.0) * 1000 / 1e6)
+    assert fake.requests[0]["body"]["messages"][0] == {"role": "system", "content": "Answer briefly."}
+    assert fake.requests[0]["auth"] == "Bearer sk-abc"
+    assert by["no-key"]["status"] == "skipped" and "TW_TEST_MISSING_KEY" in by["no-key"]["skip_reason"]
+    # fine-tuned: training figures and cost from summary.json (360 s at ₹36/hour = ₹3.60)
+    assert by["finetuned"]["training"]["cost"] == pytest.approx(3.6)
+    assert rep["recommendation"]["arm"] in by and rep["recommendation"]["statements"]
+    html = res.html_path.read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 4  # quality-vs-cost, metrics, latency, loss curve
+    assert "id='recommendation'" in html and "no-key" in html and "not measured" in html
+    assert "sk-abc" not in html and "sk-abc" not in res.json_path.read_text()
+    assert len(rep["samples"]) == 2 and set(rep["samples"][0]["outputs"]) == {"prompt", "few_shot", "rag", "finetuned", "api"}
+
+
+def test_compare_trains_the_finetuned_arm_itself(tiny_model_dir, files, capsys):
+    cfg = cfg_dict(files, base_model=str(tiny_model_dir),
+                   arms=[{"type": "prompt"},
+                         {"type": "finetuned", "name": "ft", "train": {"max_steps": 2, "sequence_len": 128,
+                                                                      "micro_batch_size": 1, "lora_r": 2}}])
+    path = files / "compare.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli(["compare", str(path), "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    ft = [a for a in data["arms"] if a["name"] == "ft"][0]
+    assert ft["training"]["steps"] == 2 and Path(ft["training"]["run_dir"]).name == "train-ft"
+    assert ft["training"]["seconds"] > 0
+    assert (files / "report" / "charts" / "loss-ft.png").is_file()
+    assert Path(data["report_html"]).is_file()
+
+
+def test_example_configs_are_valid():
+    root = Path(__file__).resolve().parents[1] / "examples"
+    paths = sorted(root.glob("compare-*.yaml"))
+    assert len(paths) >= 2
+    for p in paths:
+        cfg = load_compare_config(p)
+        assert cfg.arms and cfg.kind == "compare"
