@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 # (by transformers/peft/sentence-transformers); tunewise never downloads at run time and the
 # built-in CPU path works, so its warning about that is noise. Set before anything imports it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# bm25s sets its own logger to DEBUG, which floods the terminal once any handler exists.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 from tunewise.errors import TunewiseError  # noqa: E402
 
