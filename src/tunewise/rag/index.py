@@ -81,8 +81,18 @@ def _stemmer():
         return None, "none"
 
 
-def bm25_tokens(texts: Sequence[str], stemmer_name: str) -> list[list[str]]:
+def _import_bm25s():
+    """bm25s, with its logger (which it sets to DEBUG when imported) quietened to warnings."""
+    import logging
+
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def bm25_tokens(texts: Sequence[str], stemmer_name: str) -> list[list[str]]:
+    bm25s = _import_bm25s()
 
     stemmer = _stemmer()[0] if stemmer_name != "none" else None
     return bm25s.tokenize(list(texts), stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
@@ -279,7 +289,7 @@ class RagIndex:
                 vectors[i] = v
         matrix = np.ascontiguousarray(np.stack(vectors).astype(np.float32))
 
-        import bm25s
+        bm25s = _import_bm25s()
         import faiss
 
         dense = faiss.IndexFlatIP(matrix.shape[1])
@@ -338,7 +348,7 @@ class RagIndex:
         if manifest is None:
             raise TunewiseError(f"{index_dir / 'manifest.json'} is unreadable or from another format version", hint)
         try:
-            import bm25s
+            bm25s = _import_bm25s()
             import faiss
 
             rows = _query_db(index_dir / "chunks.sqlite", "SELECT text, source, heading FROM chunks ORDER BY id")
