@@ -24,7 +24,7 @@ import numpy as np
 from tunewise.data.convert import to_openai
 from tunewise.data.dedup import DuplicateFinder
 from tunewise.data.formats import ParsedRow, iter_conversations
-from tunewise.data.tokenize import TRAIN_ON, Rendered, _char_to_token, _encode_batch, _Template, render_conversation
+from tunewise.data.tokenize import TRAIN_ON, Rendered, _char_to_token, _encode_batch, _Template, render_conversation, trained_token_spans
 from tunewise.data.types import Conversation
 from tunewise.errors import TunewiseError
 
@@ -300,19 +300,7 @@ class _Checker:
         conv = pr.conversation
         ids = enc.ids
         n = len(ids)
-        token_spans: list[tuple[int, int]] = []  # inclusive, in order, not overlapping
-        for start, end in r.spans:
-            if end <= start:
-                continue
-            a = _char_to_token(enc, start, forward=True)
-            b = _char_to_token(enc, end - 1, forward=False)
-            if a is None or b is None or b < a:
-                continue
-            if token_spans and a <= token_spans[-1][1]:
-                a = token_spans[-1][1] + 1
-                if b < a:
-                    continue
-            token_spans.append((a, b))
+        token_spans = trained_token_spans(enc, r.spans)  # inclusive, in order, not overlapping
         if r.add_special_tokens:
             eos = self.tok.eos_token_id
             if eos is not None and (not ids or ids[-1] != eos):

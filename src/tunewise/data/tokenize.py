@@ -283,16 +283,28 @@ def _char_to_token(enc, pos: int, forward: bool) -> int | None:
     return None if n == 0 else (n if forward else -1)
 
 
-def _example(enc, rendered: Rendered, tokenizer, sequence_len: int) -> TokenizedExample:
-    ids = list(enc.ids)
-    labels = [-100] * len(ids)
-    for start, end in rendered.spans:
+def trained_token_spans(enc, char_spans) -> list[tuple[int, int]]:
+    """Character spans of trained text -> inclusive token spans, in order and not overlapping."""
+    out: list[tuple[int, int]] = []
+    for start, end in char_spans:
         if end <= start:
             continue
         a = _char_to_token(enc, start, forward=True)
         b = _char_to_token(enc, end - 1, forward=False)
         if a is None or b is None or b < a:
             continue
+        if out and a <= out[-1][1]:
+            a = out[-1][1] + 1
+            if b < a:
+                continue
+        out.append((a, b))
+    return out
+
+
+def _example(enc, rendered: Rendered, tokenizer, sequence_len: int) -> TokenizedExample:
+    ids = list(enc.ids)
+    labels = [-100] * len(ids)
+    for a, b in trained_token_spans(enc, rendered.spans):
         labels[a:b + 1] = ids[a:b + 1]
     if rendered.add_special_tokens:
         eos = tokenizer.eos_token_id

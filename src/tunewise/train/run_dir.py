@@ -118,7 +118,7 @@ def publish_checkpoint(staged: Path, final: Path, meta: dict[str, Any]) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staged, final)
-    _fsync_dir(final.parent)
+    _fsync_path(final.parent)
 
 
 def rotate_checkpoints(out: Path, keep: int = KEEP_CHECKPOINTS) -> None:
@@ -130,18 +130,12 @@ def rotate_checkpoints(out: Path, keep: int = KEEP_CHECKPOINTS) -> None:
 def _fsync_tree(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
-            try:
-                fd = os.open(p, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
-    _fsync_dir(root)
+            _fsync_path(p)
+    _fsync_path(root)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory by path; best effort (some filesystems refuse directories)."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
