@@ -11,6 +11,7 @@ import pytest
 from tunewise.errors import TunewiseError
 from tunewise.models import (
     EMBEDDED_MODELS,
+    bf16_native,
     check_cache,
     embedded_gguf_path,
     list_models,
@@ -26,7 +27,9 @@ def test_load_local_hf_dir(tiny_model_dir):
     model = load_model(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     assert model.config.num_hidden_layers == 2
-    assert next(model.parameters()).dtype == torch.float32
+    # auto: bf16 where the hardware computes it natively, else fp32
+    assert next(model.parameters()).dtype == (torch.bfloat16 if bf16_native("cpu") else torch.float32)
+    assert next(load_model(tiny_model_dir, dtype="fp32").parameters()).dtype == torch.float32
     ids = tok("hello world", return_tensors="pt")
     with torch.no_grad():
         logits = model(**ids).logits
@@ -202,7 +205,7 @@ def test_run_dir_with_adapter(tiny_model_dir, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    base = load_model(tiny_model_dir)
+    base = load_model(tiny_model_dir, dtype="fp32")
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
@@ -213,11 +216,11 @@ def test_run_dir_with_adapter(tiny_model_dir, tmp_path):
     (run / "adapter" / "tunewise_base.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
     resolved = resolve_model(run)
     assert resolved.adapter_dir == run / "adapter" and resolved.path == Path(tiny_model_dir)
-    loaded = load_model(run)
+    loaded = load_model(run, dtype="fp32")
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, peft_model(ids).logits)
-        merged = load_model(run, merge_adapter=True)
+        merged = load_model(run, merge_adapter=True, dtype="fp32")
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-4)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tunewise.data import TokenizedExample
+from tunewise.train import attention
 from tunewise.train.loss import token_losses
 from tunewise.train.packing import IGNORE, PaddingFreeCollator, RowDataset, pack_rows, split_eval, usable
 
@@ -26,10 +27,13 @@ def tiny_model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", attention.NAME])
 def test_packed_examples_do_not_attend_to_each_other(tiny_model, attn):
+    """sdpa/eager see the restarting position_ids; tunewise's own attention (what training uses)
+    sees the collator's example boundaries."""
     rng = random.Random(0)
     examples = [_example(rng, n, p) for n, p in ((17, 5), (9, 2), (30, 11), (4, 1))]
+    attention.register()
     tiny_model.config._attn_implementation = attn
     collate = PaddingFreeCollator()
     with torch.no_grad():
@@ -43,6 +47,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model, attn):
     # so the comparison above really detects cross-example attention.
     batch = collate([examples])
     batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
+    batch[attention.SEGMENTS_KEY] = ((0, batch["input_ids"].shape[1]),)
     with torch.no_grad():
         leaky = token_losses(tiny_model, batch)
     assert not torch.allclose(leaky, expected, rtol=1e-3, atol=1e-3)
@@ -57,6 +62,15 @@ def test_collator_shifts_labels_within_each_example():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     # position 2 (last of a) must not predict 4 (first of b)
     assert batch["shift_labels"].tolist() == [[2, 3, IGNORE, 5, IGNORE]]
+    assert batch[attention.SEGMENTS_KEY] == ((0, 3), (3, 5))
+
+
+def test_segment_attention_refuses_masks_and_caches(tiny_model):
+    q = torch.zeros(1, 4, 3, 8)
+    with pytest.raises(RuntimeError, match="padding-free"):
+        attention.segment_attention(tiny_model, q, q, q, torch.ones(1, 1, 3, 3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="KV cache"):
+        attention.segment_attention(tiny_model, q[:, :, :1], q, q, None)
 
 
 def test_pack_rows_fills_rows_without_overflow():

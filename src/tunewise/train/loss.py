@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tunewise.train.attention import SEGMENTS_KEY
+
 IGNORE = -100
 # Above this many bytes of fp32 logits, chunks are recomputed in backward instead of kept.
 CHUNK_BYTES = 256 * 2**20
@@ -90,7 +92,7 @@ def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None)
     labels = batch["shift_labels"]
     keep = labels.ne(IGNORE)
     targets = labels[keep]
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask")}
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask", SEGMENTS_KEY)}
     lm = causal_lm(model)
     transform = _logit_transform(getattr(lm, "config", None))
     if not keep.any():

@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from tunewise.train.attention import SEGMENTS_KEY
+
 IGNORE = -100
 
 
@@ -70,9 +72,10 @@ class RowDataset:
 class PaddingFreeCollator:
     """Flatten a micro-batch of rows into a single ``[1, T]`` row.
 
-    Returns ``input_ids``, ``position_ids`` (restarting per example) and ``shift_labels``: the label
+    Returns ``input_ids``, ``position_ids`` (restarting per example), ``shift_labels``: the label
     each position predicts (the next token, or -100), so an example's last token never predicts the
-    first token of the next example.
+    first token of the next example, and ``tunewise_segments``: each example's (start, end) in the
+    row, for the per-example attention of :mod:`tunewise.train.attention`.
     """
 
     def __call__(self, rows: list[list]) -> dict:
@@ -81,9 +84,11 @@ class PaddingFreeCollator:
         ids: list[int] = []
         pos: list[int] = []
         shift: list[int] = []
+        segments: list[tuple[int, int]] = []
         for row in rows:
             for ex in row:
                 n = len(ex.input_ids)
+                segments.append((len(ids), len(ids) + n))
                 ids.extend(ex.input_ids)
                 pos.extend(range(n))
                 shift.extend(ex.labels[1:])
@@ -92,6 +97,7 @@ class PaddingFreeCollator:
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "position_ids": torch.tensor([pos], dtype=torch.long),
             "shift_labels": torch.tensor([shift], dtype=torch.long),
+            SEGMENTS_KEY: tuple(segments),
         }
 
 

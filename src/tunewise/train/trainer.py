@@ -23,7 +23,7 @@ from tunewise.config import RunConfig, dump_config
 from tunewise.errors import TunewiseError
 from tunewise.paths import atomic_dir, atomic_write_text
 from tunewise.train.loss import IGNORE, summed_loss
-from tunewise.train import distributed
+from tunewise.train import attention, distributed
 from tunewise.train.packing import PaddingFreeCollator, RowDataset, split_eval, usable
 from tunewise.train.run_dir import (
     CHECKPOINTS,
@@ -218,13 +218,16 @@ def check_finite_parameters(model, step: int) -> None:
 
 
 def resolve_precision(precision: str) -> str:
-    """auto -> bf16 on a GPU that supports it, else fp32; explicit choices are checked."""
+    """auto -> bf16 on a GPU that supports it or a CPU with bf16 matmul, else fp32; explicit
+    choices are checked."""
+    from tunewise.models import bf16_native
+
     cuda = torch.cuda.is_available()
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
     if precision == "auto":
-        return "bf16" if bf16_ok else "fp32"
+        return "bf16" if bf16_native() else "fp32"
     if precision == "fp16" and not cuda:
-        raise TunewiseError("precision: fp16 needs a CUDA GPU", "set precision: auto (fp32 on CPU) or bf16")
+        raise TunewiseError("precision: fp16 needs a CUDA GPU", "set precision: auto or bf16")
     if precision == "bf16" and cuda and not bf16_ok:
         raise TunewiseError("precision: bf16 is not supported by this GPU", "set precision: fp16 or auto")
     return precision
@@ -386,13 +389,21 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
     model = load_model(cfg.base_model, quantization=quant, dtype=weights_dtype, device=device,
                        merge_adapter=resolved.adapter_dir is not None)
     model.config.use_cache = False
+    model.set_attn_implementation(attention.register())
     if cfg.method == "full":
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     with warnings.catch_warnings():  # PEFT still calls the v5-renamed gradient_checkpointing API
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
-        return _attach_lora(cfg, model, prepare_model_for_kbit_training, get_peft_model)
+        model = _attach_lora(cfg, model, prepare_model_for_kbit_training, get_peft_model)
+    if precision in ("bf16", "fp16"):
+        # Under autocast the adapters compute in bf16/fp16 anyway; PEFT's cast of every adapter input
+        # to the adapters' fp32 would only add an fp32 copy of each input, kept for backward.
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    return model
 
 
 def _attach_lora(cfg: RunConfig, model, prepare_model_for_kbit_training, get_peft_model):
