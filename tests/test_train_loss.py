@@ -51,6 +51,37 @@ def test_chunked_and_recomputed_head_give_the_same_gradients(model, monkeypatch)
         torch.testing.assert_close(recomputed[name], g, rtol=1e-3, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_head_path_matches_autograd(tiny_model_dir, dtype):
+    """LoRA-style training (frozen head): the fused path gives the losses and input gradients that
+    plain autograd through full logits gives."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=dtype)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    layer = m.model.layers[-1].mlp.down_proj
+    layer.weight.requires_grad_(True)  # something below the head trains
+    _, _, batch = _batch(seed=3)
+
+    def run(force_plain: bool):
+        layer.weight.grad = None
+        if force_plain:
+            m.lm_head.weight.requires_grad_(True)  # leaves the frozen path; head grad ignored
+        losses = token_losses(m, batch, chunk_tokens=6)
+        (losses * torch.linspace(0.5, 2.0, losses.numel())).sum().backward()  # non-uniform upstream grad
+        m.lm_head.weight.requires_grad_(False)
+        m.lm_head.weight.grad = None
+        return losses.detach(), layer.weight.grad.clone()
+
+    fused_loss, fused_grad = run(False)
+    ref_loss, ref_grad = run(True)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused_loss, ref_loss, **tol)
+    torch.testing.assert_close(fused_grad.float(), ref_grad.float(), **tol)
+    assert fused_grad.abs().max() > 0
+
+
 def test_head_is_restored_and_a_batch_without_labels_is_zero(model):
     head = model.lm_head
     ids, _, batch = _batch(seed=2)

@@ -1,9 +1,11 @@
 """Causal-LM loss without full-vocabulary logits for the whole batch.
 
 The model runs with its output head bypassed and ``logits_to_keep`` set to the trained positions, so
-it returns hidden states only where a label exists. The head then runs on those positions in chunks
-(each recomputed in the backward pass when the batch is large), and only one chunk of fp32 logits
-exists at a time. The loss is a *sum* over trained tokens; the trainer divides it by the number of
+it returns hidden states only where a label exists. The head then runs on those positions in chunks,
+and only one chunk of fp32 logits exists at a time. When the head is frozen (LoRA, QLoRA) and plain
+(no bias, no logit post-processing), each chunk's gradient with respect to the hidden states is
+computed right away in the forward pass (:class:`_FrozenHeadCE`), so no logits are kept for backward
+and nothing is recomputed; otherwise chunks are recomputed in backward when the batch is large. The loss is a *sum* over trained tokens; the trainer divides it by the number of
 trained tokens in the whole accumulated batch, which makes gradient accumulation exact.
 """
 
@@ -21,6 +23,8 @@ from tunewise.train.attention import SEGMENTS_KEY
 IGNORE = -100
 # Above this many bytes of fp32 logits, chunks are recomputed in backward instead of kept.
 CHUNK_BYTES = 256 * 2**20
+# Logit chunk size for the frozen-head path (nothing is kept, so small chunks cost nothing).
+FROZEN_CHUNK_BYTES = 64 * 2**20
 
 
 class _Passthrough(nn.Module):
@@ -83,6 +87,49 @@ def _chunk_ce(head: nn.Module, transform, hidden: torch.Tensor, target: torch.Te
     return F.cross_entropy(logits, target, reduction="none")
 
 
+class _FrozenHeadCE(torch.autograd.Function):
+    """Per-token cross-entropy of ``hidden @ weight.T`` for a frozen ``weight``, chunk by chunk.
+
+    Forward computes each chunk's logits, its losses and d(loss)/d(hidden) = (softmax - onehot) @ W,
+    then drops the logits; backward only scales the stored [n, d] gradient by the incoming one.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        n = hidden.shape[0]
+        h = hidden.to(weight.dtype)
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for i in range(0, n, chunk):
+            logits = (h[i : i + chunk] @ weight.t()).float()
+            t = targets[i : i + chunk]
+            lse = torch.logsumexp(logits, dim=-1)
+            losses[i : i + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
+            if grad is not None:
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                grad[i : i + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+            del logits
+        ctx.save_for_backward(grad)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        return (grad.float() * grad_losses[:, None].float()).to(grad.dtype), None, None, None
+
+
+def _frozen_plain_head(head: nn.Module, config) -> bool:
+    weight = getattr(head, "weight", None)
+    return (isinstance(head, nn.Linear) and getattr(head, "bias", None) is None and weight is not None
+            and weight.is_floating_point() and not weight.requires_grad
+            and not getattr(config, "final_logit_softcapping", None)
+            and getattr(config, "logit_scale", None) in (None, 1, 1.0)
+            and getattr(config, "logits_scaling", None) in (None, 1, 1.0))
+
+
 def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None) -> torch.Tensor:
     """Cross-entropy of every trained token in ``batch`` (1-D, in order of position).
 
@@ -107,6 +154,9 @@ def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None)
     if head is None:  # no separate head module: the model returned logits already
         return F.cross_entropy(hidden.float(), targets, reduction="none")
     n, vocab = hidden.shape[0], int(getattr(head, "out_features", 0) or head.weight.shape[0])
+    if torch.is_grad_enabled() and hidden.requires_grad and _frozen_plain_head(head, getattr(lm, "config", None)):
+        chunk = chunk_tokens or max(16, FROZEN_CHUNK_BYTES // (4 * vocab))
+        return _FrozenHeadCE.apply(hidden, head.weight, targets, chunk)
     if chunk_tokens is None:
         chunk_tokens = max(64, CHUNK_BYTES // (4 * vocab))
     if n * vocab * 4 <= CHUNK_BYTES or not torch.is_grad_enabled():
