@@ -1,7 +1,7 @@
 """Training throughput: `tunewise train` against the plain TRL + PEFT recipe, in one run.
 
-Run (from the repository root; the default 4 steps per arm took ~35 min on a busy 2-core CPU
-machine, two thirds of it the held-out eval of each arm):
+Run (from the repository root; the default 4 steps per arm take ~6 min on a quiet 2-core CPU
+machine, most of it model loading and the held-out eval of each arm):
 
     .venv/bin/python bench/train_throughput.py                 # 4 optimizer steps per arm
     .venv/bin/python bench/train_throughput.py --steps 10      # steadier figures, ~2.5x longer
@@ -52,9 +52,10 @@ LEARNING_RATE = 2e-4
 SEED = 42
 
 # tunewise's fastest settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
-# optimizer step in one flattened padding-free row (no accumulation), bf16 weights (this CPU has
-# bf16 matmul), no gradient checkpointing; the loss only computes logits at response tokens.
-# --tunewise-set gradient_checkpointing=true trades ~8% speed for ~40% less memory.
+# optimizer step in one flattened padding-free row (no accumulation; each example gets its own
+# attention call), bf16 weights (this CPU has bf16 matmul), no gradient checkpointing; the loss only
+# computes logits at response tokens and keeps none for backward.
+# --tunewise-set gradient_checkpointing=true trades ~23% speed for ~44% less memory.
 TUNEWISE_SETTINGS = {
     "packing": False,
     "micro_batch_size": 8,
@@ -234,24 +235,6 @@ def run_arm(name: str, model_dir: str, work: Path, steps: int, result_file: Path
 # ---------------------------------------------------------------------------------------------
 
 
-def matmul_peak(dtype_name: str, seconds: float = 3.0, n: int = 2048) -> float:
-    """Best sustained FLOP/s of an n x n matmul in ``dtype`` on this machine (all torch threads)."""
-    import torch
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
-    return best
-
-
 def spawn_arm(name: str, model_dir: str, work: Path, steps: int, overrides: dict) -> dict:
     """Run one arm in a fresh interpreter, polling the RSS of its whole process tree."""
     import psutil
@@ -369,7 +352,9 @@ def main() -> None:
 
     import torch
 
-    peaks = {d: matmul_peak(d) for d in ("fp32", "bf16")}
+    from tunewise.estimate import measure_matmul_peak
+
+    peaks = {d: measure_matmul_peak(d, seconds=3.0) for d in ("fp32", "bf16")}
     print(f"matmul peak on {torch.get_num_threads()} threads: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     mean_len = mean_example_len(args.model, train_file)

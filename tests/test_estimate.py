@@ -13,7 +13,9 @@ from tunewise.errors import TunewiseError
 from tunewise.estimate import (
     GB,
     LLAMA_SIZES,
+    DEFAULT_CPU_UTILISATION,
     TrainingSetup,
+    cpu_estimate,
     estimate,
     estimate_memory,
     flops_per_token,
@@ -78,6 +80,50 @@ def test_flops_per_token_full_is_6n_and_lora_about_4n():
     n = shape.matmul_params
     assert flops_per_token(shape, "full", s) == pytest.approx(6 * n, rel=0.001)
     assert flops_per_token(shape, "lora", s) == pytest.approx(4 * n, rel=0.02)
+
+
+def test_fused_loss_drops_the_saved_logits_for_adapters_only():
+    shape = LLAMA_SIZES["8b"]
+    plain = estimate_memory(shape, "lora", TrainingSetup(sequence_len=2048))
+    fused = estimate_memory(shape, "lora", TrainingSetup(sequence_len=2048, fused_loss=True))
+    assert plain.logits == pytest.approx(2048 * shape.vocab * (2 + 4 + 4 + 4))
+    assert fused.logits < plain.logits / 10
+    assert fused.activations == plain.activations
+    full = estimate_memory(shape, "full", TrainingSetup(sequence_len=2048, fused_loss=True))
+    assert full.logits == plain.logits  # a trained head keeps the chunked-recompute path
+
+
+def test_16_bit_compute_counts_the_fp32_copy_rmsnorm_keeps():
+    shape = LLAMA_SIZES["8b"]
+    s16 = estimate_memory(shape, "lora", TrainingSetup(sequence_len=100, gradient_checkpointing=False))
+    s32 = estimate_memory(shape, "lora", TrainingSetup(sequence_len=100, gradient_checkpointing=False,
+                                                        compute_bytes=4))
+    per_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate
+    elems = 100 * (shape.n_layers + 1) * per_layer
+    assert s32.activations == pytest.approx(elems * 4)
+    assert s16.activations == pytest.approx(elems * 2 + 100 * (shape.n_layers + 1) * 2 * shape.hidden * 4)
+
+
+def test_cpu_estimate_scales_the_measured_peak(tiny_model_dir):
+    shape = load_shape(str(tiny_model_dir))
+    setup = TrainingSetup(sequence_len=512, micro_batch_size=2, gradient_checkpointing=False)
+    c = cpu_estimate(shape, "lora", setup, training_tokens=1e6, peak_flops=100e9)
+    assert c.utilisation == DEFAULT_CPU_UTILISATION
+    cpu_setup = TrainingSetup(sequence_len=512, micro_batch_size=2, gradient_checkpointing=False,
+                              compute_bytes=2 if c.dtype == "bf16" else 4, runtime_overhead_gb=0.0)
+    assert c.tokens_per_second == pytest.approx(100e9 * DEFAULT_CPU_UTILISATION / flops_per_token(shape, "lora", cpu_setup))
+    assert c.hours == pytest.approx(1e6 / c.tokens_per_second / 3600)
+    assert c.memory == pytest.approx(estimate_memory(shape, "lora", cpu_setup).total)
+    assert c.ram > 0 and c.threads >= 1
+
+
+def test_cli_estimate_this_machine(tiny_model_dir):
+    r = runner.invoke(app, ["estimate", str(tiny_model_dir), "--method", "lora", "--this-machine", "--json"])
+    assert r.exit_code == 0, r.output
+    here = json.loads(r.output)["this_machine"]["lora"]
+    assert here["peak_flops"] > 1e9 and here["tokens_per_second"] > 0 and here["dtype"] in ("bf16", "fp32")
+    r = runner.invoke(app, ["estimate", str(tiny_model_dir), "--method", "lora", "--this-machine"])
+    assert r.exit_code == 0 and "This machine" in r.output and "tokens/s" in r.output
 
 
 # --- published reference points -------------------------------------------------------------

@@ -11,9 +11,11 @@ Everything is computed from the model's shapes (config.json), so the numbers can
   4 bytes, for pure-bf16 full fine-tuning, as LLaMA-Factory's ``pure_bf16``);
 * **activations** saved for backward, per token and layer for a Llama-style block with SDPA/flash
   attention (no seq^2 term): 6h + 2kv + 4i elements (norm inputs/outputs, q/k/v, attention output,
-  gate/up/act/product of the MLP); with gradient checkpointing only each layer's input (h) is kept
-  plus one layer being recomputed; plus the logits path: logits, their fp32 copy, the saved
-  log-softmax and its gradient, b*s*V elements each;
+  gate/up/act/product of the MLP), plus, when computing in 16 bits, the fp32 copy of its input that
+  each of the two RMSNorms keeps (2h fp32 values); with gradient checkpointing only each layer's
+  input (h) is kept plus one layer being recomputed; plus the logits path: logits, their fp32 copy,
+  the saved log-softmax and its gradient, b*s*V elements each — or, with tunewise's fused loss for
+  a frozen head (LoRA/QLoRA), one 64 MiB chunk of fp32 logits at a time and no saved logits;
 * a fixed **runtime overhead** (CUDA context, allocator slack) for GPUs.
 
 Training FLOPs per token: 6N for full fine-tuning (2N forward, 2N gradient w.r.t. activations,
@@ -40,11 +42,13 @@ METHODS: tuple[Method, ...] = ("full", "lora", "qlora")
 GB = 1e9
 NF4_BITS = 4.127  # 4-bit NF4 + double-quantised block constants (Dettmers et al. 2023, sec. 3)
 DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fine-tuning on GPUs
-# On a CPU the peak is *measured* (a large fp32 matmul, see bench/estimate_vs_measured.py). A LoRA
-# training step reaches a fraction of it (smaller matmuls, element-wise ops, attention, optimizer):
-# first assumed 0.5, measured 0.23-0.27 in three runs of the bench on a 2-core machine (docs/advise.md),
-# so 0.25 is a calibrated value, not an independent prediction.
-DEFAULT_CPU_UTILISATION = 0.25
+# On a CPU the peak is *measured* (a large matmul in the training dtype, `measure_matmul_peak`). A
+# LoRA step of `tunewise train` reaches a fraction of it (smaller matmuls, element-wise ops,
+# attention, optimizer). Calibrated, not predicted: bench/train_throughput.py on the 2-core build
+# machine (quiet, bf16) measured 0.51 without and 0.56 with gradient checkpointing (in this module's
+# FLOPs per token); bench/estimate_vs_measured.py then checks other shapes against it (docs/advise.md).
+DEFAULT_CPU_UTILISATION = 0.5
+FUSED_LOSS_CHUNK_BYTES = 64 * 2**20  # tunewise.train.loss.FROZEN_CHUNK_BYTES
 QLORA_SLOWDOWN = 1.3  # NF4 de-quantisation on every matmul; an assumption, shown in the output
 
 
@@ -198,7 +202,8 @@ def run_config_setup(path: str | Path) -> tuple[TrainingSetup, str] | None:
 
     cfg = load_config(p, schema=RunConfig)
     setup = TrainingSetup(sequence_len=cfg.sequence_len, micro_batch_size=cfg.micro_batch_size,
-                          gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r)
+                          gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
+                          fused_loss=True)
     return setup, cfg.method
 
 
@@ -220,7 +225,8 @@ class TrainingSetup:
     micro_batch_size: int = 1
     gradient_checkpointing: bool = True
     lora_r: int = 16
-    compute_bytes: int = 2  # bf16 activations and frozen weights; 4 on CPU (fp32)
+    compute_bytes: int = 2  # bf16 activations and frozen weights; 4 for fp32
+    fused_loss: bool = False  # tunewise's frozen-head loss (LoRA/QLoRA): no saved logits
     full_weight_dtype: Literal["fp32", "bf16"] = "fp32"  # mixed precision vs pure bf16
     runtime_overhead_gb: float = 1.0  # CUDA context + allocator slack; 0 for CPU
 
@@ -280,8 +286,17 @@ def estimate_memory(shape: ModelShape, method: Method, setup: TrainingSetup | No
     else:
         act_elems = tokens * (shape.n_layers * per_layer + per_layer)  # + one layer of backward work
     activations = act_elems * cb
+    if cb < 4:  # RMSNorm computes in fp32 and keeps that copy of its input for backward
+        layers_kept = 2 if s.gradient_checkpointing else shape.n_layers + 1
+        activations += tokens * layers_kept * 2 * shape.hidden * 4
     fp32_copy = 0 if cb >= 4 else 4
-    logits = tokens * shape.vocab * (cb + fp32_copy + 4 + 4)
+    if s.fused_loss and method != "full":
+        # one chunk of logits at a time: the 16-bit matmul output, its fp32 copy, the probabilities
+        # cast back for the gradient matmul; plus the kept gradient w.r.t. the hidden states
+        chunk_tokens = max(16, FUSED_LOSS_CHUNK_BYTES // (4 * shape.vocab))
+        logits = min(tokens, chunk_tokens) * shape.vocab * (cb + 4 + cb) + tokens * shape.hidden * cb
+    else:
+        logits = tokens * shape.vocab * (cb + fp32_copy + 4 + 4)
     overhead = s.runtime_overhead_gb * GB
     return MemoryEstimate(method, weights, adapters, grads, opt, activations, logits, overhead, trainable)
 
@@ -351,6 +366,67 @@ class Estimate:
 
     def method(self, name: str) -> MethodEstimate:
         return next(m for m in self.methods if m.method == name)
+
+
+def measure_matmul_peak(dtype: str = "bf16", seconds: float = 2.0, n: int = 2048) -> float:
+    """Best sustained FLOP/s of an n x n matmul in ``dtype`` ("bf16" or "fp32") on this machine,
+    with all of torch's threads: the CPU peak the time estimate scales."""
+    import time
+
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+@dataclass
+class CpuEstimate:
+    """Training on this machine's CPU with `tunewise train`: the dtype it would use, the measured
+    matmul peak, the assumed utilisation, and what follows."""
+
+    dtype: str
+    threads: int
+    peak_flops: float
+    utilisation: float
+    tokens_per_second: float
+    hours: float
+    memory: float
+    ram: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cpu_estimate(shape: ModelShape, method: Method, setup: TrainingSetup, training_tokens: float,
+                 peak_flops: float | None = None, utilisation: float = DEFAULT_CPU_UTILISATION) -> CpuEstimate:
+    """Tokens/s, hours and memory of training ``shape`` here, on the CPU (no GPU involved)."""
+    import psutil
+    import torch
+
+    from tunewise.models import cpu_has_native_bf16
+
+    dtype = "bf16" if cpu_has_native_bf16() else "fp32"
+    if peak_flops is None:
+        peak_flops = measure_matmul_peak(dtype)
+    cpu_setup = TrainingSetup(**{**asdict(setup), "compute_bytes": 2 if dtype == "bf16" else 4,
+                                 "runtime_overhead_gb": 0.0})
+    ftok = flops_per_token(shape, method, cpu_setup)
+    if method == "qlora":
+        ftok *= QLORA_SLOWDOWN
+    tps = peak_flops * utilisation / ftok
+    mem = estimate_memory(shape, method, cpu_setup).total
+    return CpuEstimate(dtype, torch.get_num_threads(), peak_flops, utilisation, tps,
+                       training_tokens / tps / 3600, mem, float(psutil.virtual_memory().total))
 
 
 def training_hours(flops_tok: float, tokens: float, tflops: float, utilisation: float, gpus: int = 1) -> float:

@@ -641,7 +641,7 @@ def evaluate(
         raise TunewiseError(f"unknown metric(s): {', '.join(bad)}", f"use any of: {', '.join(ALL_METRICS)}")
 
     tok = load_tokenizer(model)
-    mdl = load_model(model)
+    mdl = load_model(model, merge_adapter=True)  # served as deployed: adapter merged
 
     def build(ex: EvalExample) -> list[dict]:
         if system_prompt and not any(m["role"] == "system" for m in ex.messages):

@@ -259,6 +259,8 @@ def estimate_cmd(
     gpus_file: Optional[Path] = typer.Option(None, "--gpus", help="YAML overriding the GPU table."),
     currency: str = typer.Option("USD", "--currency", help="USD or INR."),
     inr_rate: Optional[float] = typer.Option(None, "--inr-rate", help="INR per USD."),
+    this_machine: bool = typer.Option(False, "--this-machine", help="Also estimate training here, on this "
+                                      "machine's CPU (measures its matmul peak for ~2 s)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Memory, GPUs that fit, training time and rental cost for full, LoRA and QLoRA fine-tuning.
@@ -289,12 +291,25 @@ def estimate_cmd(
         gradient_checkpointing=base.gradient_checkpointing if checkpointing is None else checkpointing,
         lora_r=lora_r or base.lora_r,
         full_weight_dtype="bf16" if pure_bf16 else "fp32",
+        fused_loss=base.fused_loss,
     )
     est = estimate(model, setup, training_tokens=examples * tokens_per_example * epochs, utilisation=utilisation,
                    gpus=gpus, methods=methods)
+    here = []
+    if this_machine:
+        from tunewise.estimate import cpu_estimate, load_shape, measure_matmul_peak
+        from tunewise.models import cpu_has_native_bf16
+
+        shape = load_shape(model)
+        peak = measure_matmul_peak("bf16" if cpu_has_native_bf16() else "fp32")
+        cpu_setup = TrainingSetup(**{**setup.__dict__, "fused_loss": True})
+        here = [(m.method, cpu_estimate(shape, m.method, cpu_setup, est.training_tokens, peak_flops=peak))
+                for m in est.methods]
     if as_json:
         d = est.as_dict()
         d["currency"], d["rate_per_usd"] = cur, rate
+        if here:
+            d["this_machine"] = {m: c.as_dict() for m, c in here}
         print(json.dumps(d, indent=2, default=str))
         return
     from tunewise.costs import format_money
@@ -321,6 +336,16 @@ def estimate_cmd(
                       str(f.gpus_needed) if f.gpus_needed else "—",
                       f"{f.hours:.1f}" if f.hours is not None else "—",
                       format_money(f.usd * rate, cur) if f.usd is not None else "—")
+        console.print(t)
+    if here:
+        c0 = here[0][1]
+        t = Table(title=f"This machine: {c0.threads} CPU threads, {c0.dtype} matmul peak {c0.peak_flops / 1e9:.0f} "
+                        f"GFLOP/s (measured now), utilisation {c0.utilisation:.0%} assumed")
+        for col in ("method", "tokens/s", "hours", "memory", "RAM"):
+            t.add_column(col, justify="right")
+        for m, c in here:
+            fits = "" if c.memory <= c.ram else " [red](does not fit)[/]"
+            t.add_row(m, f"{c.tokens_per_second:,.1f}", f"{c.hours:,.1f}", f"{c.memory / GB:.1f} GB{fits}", f"{c.ram / GB:.0f} GB")
         console.print(t)
     for n in est.notes:
         console.print(f"[dim]{n}[/]", highlight=False)

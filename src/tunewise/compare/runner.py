@@ -99,7 +99,9 @@ class _Models:
         if ref not in self.cache:
             from tunewise.models import load_model, load_tokenizer
 
-            self.cache[ref] = (load_model(ref), load_tokenizer(ref))
+            # A fine-tuned run is served as it would be deployed: adapter merged into the weights
+            # (same outputs up to rounding, no per-token adapter matmuls).
+            self.cache[ref] = (load_model(ref, merge_adapter=True), load_tokenizer(ref))
         return self.cache[ref]
 
     def drop(self, ref: str) -> None:
@@ -337,10 +339,10 @@ def _answer_all(runner: Arm, examples: list[EvalExample], cfg: CompareConfig, mo
     from tunewise.generate import generate
 
     # Warm-up outside the timing: the first call loads the embedder / embeds the example pool and
-    # runs the model's first forward pass, which a served model has long done.
+    # runs the model's first forward and decoding passes, which a served model has long done.
     first, _ = runner.build(examples[0])
     if mdl is not None:
-        generate(mdl, tok, first, max_new_tokens=1)
+        generate(mdl, tok, first, max_new_tokens=8)
     with _progress(not con.quiet) as prog:
         task = prog.add_task(f"  {runner.name}", total=len(examples), tps="") if prog else None
         produced, spent = 0, 0.0
