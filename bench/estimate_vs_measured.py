@@ -6,13 +6,15 @@ alpaca_en_demo.json, packed into rows of the sequence length), each in a fresh p
 * predicted: ``tunewise.estimate.cpu_estimate`` — tokens/s from this machine's matmul peak (measured
   in the same process, in the dtype `tunewise train` uses here) x the assumed CPU utilisation, and
   peak memory from the component model (weights, adapters, gradients, optimizer, activations, loss);
-* measured: ``tunewise.train.train`` with the same settings — its own reported tokens/s, and the
-  peak resident memory while the Trainer runs, above the process's memory before the model loads
-  (sampled every 2 ms; glibc's mmap threshold is pinned so RSS tracks live tensors, not allocator
-  slack).
+* measured: ``tunewise.train.train`` with the same settings, twice in fresh processes — its own
+  reported tokens/s with the default allocator, and the peak resident memory while the Trainer runs,
+  above the process's memory before the model loads (sampled every 2 ms), with glibc's mmap
+  threshold pinned so RSS tracks live tensors rather than allocator slack (pinning costs speed: every
+  large allocation becomes an mmap, so speed is not measured in that run).
 
-The first configuration is the one the utilisation was calibrated on (docs/advise.md); the others
-are the check. Target: predicted within 25% of measured.
+The CPU utilisation was calibrated on bench/train_throughput.py and the CPU runtime overhead on the
+first two configurations here (docs/advise.md); the other two are the check. Target: predicted
+within 25% of measured.
 
 Run: .venv/bin/python bench/estimate_vs_measured.py [--steps 6] [--json bench/estimate_vs_measured.json]
 """
@@ -98,10 +100,10 @@ def one(seq: int, batch: int, ckpt: bool, steps: int) -> dict:
                     warmup_ratio=0.0, save_steps=None, output_dir=str(work / "run"), seed=0)
     res = train(cfg, progress=False)
     sampler.stop()
-    cpu_setup = TrainingSetup(**{**setup.__dict__, "compute_bytes": 2 if pred.dtype == "bf16" else 4,
-                                 "runtime_overhead_gb": 0.0})
-    from tunewise.estimate import estimate_memory
+    from tunewise.estimate import CPU_RUNTIME_OVERHEAD_GB, estimate_memory
 
+    cpu_setup = TrainingSetup(**{**setup.__dict__, "compute_bytes": 2 if pred.dtype == "bf16" else 4,
+                                 "runtime_overhead_gb": CPU_RUNTIME_OVERHEAD_GB})
     mem = estimate_memory(shape, "lora", cpu_setup)
     measured_mb = (sampler.peak - baseline) / 1e6
     ftok = flops_per_token(shape, "lora", cpu_setup)
@@ -114,7 +116,8 @@ def one(seq: int, batch: int, ckpt: bool, steps: int) -> dict:
         "achieved_utilisation": res.tokens_per_second * ftok / pred.peak_flops,
         "predicted_mb": mem.total / 1e6, "measured_mb": measured_mb, "memory_ratio": mem.total / 1e6 / measured_mb,
         "predicted_components_mb": {k: v / 1e6 for k, v in mem.as_dict().items()
-                                    if k in ("weights", "adapters", "gradients", "optimizer", "activations", "logits")},
+                                    if k in ("weights", "adapters", "gradients", "optimizer", "activations", "logits",
+                                             "overhead")},
         "final_loss": res.final_loss,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
     }
@@ -132,19 +135,27 @@ def main() -> None:
         return
     if not DATA.is_file():
         sys.exit(f"data not found: {DATA}")
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false"}
+    base_env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    base_env["TOKENIZERS_PARALLELISM"] = "false"
     results = []
     for seq, batch, ckpt in CONFIGS:
-        print(f"tunewise train: LoRA r=16 on smollm2-135m, seq {seq} x micro-batch {batch}, gradient checkpointing "
-              f"{'on' if ckpt else 'off'}, {args.steps} steps ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps([seq, batch, ckpt]), "--steps",
-                              str(args.steps)], capture_output=True, text=True, check=False, env=env, cwd=REPO)
-        if out.returncode != 0:
-            sys.exit(f"bench run failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs = {}
+        for purpose, env in (("speed", base_env), ("memory", {**base_env, "MALLOC_MMAP_THRESHOLD_": "131072"})):
+            print(f"tunewise train ({purpose}): LoRA r=16 on smollm2-135m, seq {seq} x micro-batch {batch}, "
+                  f"gradient checkpointing {'on' if ckpt else 'off'}, {args.steps} steps ...", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, __file__, "--one", json.dumps([seq, batch, ckpt]), "--steps",
+                                  str(args.steps)], capture_output=True, text=True, check=False, env=env, cwd=REPO)
+            if out.returncode != 0:
+                sys.exit(f"bench run failed:\n{out.stderr[-3000:]}")
+            runs[purpose] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = runs["speed"]
+        for key in ("predicted_mb", "measured_mb", "memory_ratio", "predicted_components_mb", "malloc_mmap_threshold"):
+            r[key] = runs["memory"][key]
+        r["measured_mb_default_allocator"] = runs["speed"]["measured_mb"]
+        results.append(r)
     r0 = results[0]
     print(f"\n{r0['dtype']} matmul peak measured in each run: "
-          f"{', '.join(f'{r['matmul_gflops']:.0f}' for r in results)} GFLOP/s ({r0['threads']} threads); "
+          f"{', '.join(format(r['matmul_gflops'], '.0f') for r in results)} GFLOP/s ({r0['threads']} threads); "
           f"assumed utilisation {r0['utilisation_assumed']:.0%}; load average now {os.getloadavg()[0]:.1f}")
     print(f"{'seq x mb':<10}{'ckpt':<6}{'pred tok/s':>11}{'meas tok/s':>11}{'ratio':>7}{'achieved':>9}  "
           f"{'pred MB':>8}{'meas MB':>8}{'ratio':>7}")

@@ -49,6 +49,11 @@ DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fin
 # FLOPs per token); bench/estimate_vs_measured.py then checks other shapes against it (docs/advise.md).
 DEFAULT_CPU_UTILISATION = 0.5
 FUSED_LOSS_CHUNK_BYTES = 64 * 2**20  # tunewise.train.loss.FROZEN_CHUNK_BYTES
+# Working memory of a CPU training process beyond the modelled tensors (Trainer and data loader,
+# tokenized data, oneDNN scratch space, autocast's weight casts): calibrated on the same bench
+# (0.27 GB with and without checkpointing at seq 512 x 2), checked on two other shapes. It excludes
+# the ~0.5 GB that importing torch, transformers and PEFT takes before anything is loaded.
+CPU_RUNTIME_OVERHEAD_GB = 0.27
 QLORA_SLOWDOWN = 1.3  # NF4 de-quantisation on every matmul; an assumption, shown in the output
 
 
@@ -419,7 +424,7 @@ def cpu_estimate(shape: ModelShape, method: Method, setup: TrainingSetup, traini
     if peak_flops is None:
         peak_flops = measure_matmul_peak(dtype)
     cpu_setup = TrainingSetup(**{**asdict(setup), "compute_bytes": 2 if dtype == "bf16" else 4,
-                                 "runtime_overhead_gb": 0.0})
+                                 "runtime_overhead_gb": CPU_RUNTIME_OVERHEAD_GB})
     ftok = flops_per_token(shape, method, cpu_setup)
     if method == "qlora":
         ftok *= QLORA_SLOWDOWN
