@@ -148,10 +148,10 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"bench run failed:\n{out.stderr[-3000:]}")
             runs[purpose] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = runs["speed"]
+        r = dict(runs["speed"])
+        r["measured_mb_default_allocator"] = runs["speed"]["measured_mb"]
         for key in ("predicted_mb", "measured_mb", "memory_ratio", "predicted_components_mb", "malloc_mmap_threshold"):
             r[key] = runs["memory"][key]
-        r["measured_mb_default_allocator"] = runs["speed"]["measured_mb"]
         results.append(r)
     r0 = results[0]
     print(f"\n{r0['dtype']} matmul peak measured in each run: "

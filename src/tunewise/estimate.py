@@ -490,8 +490,10 @@ def estimate(
     notes = [
         f"Utilisation (model-FLOPs utilisation) assumed {utilisation:.0%} of each GPU's dense bf16 peak.",
         f"QLoRA time x{QLORA_SLOWDOWN} for NF4 de-quantisation (assumption).",
-        "Logits assume a plain cross-entropy (b·s·vocab fp32 tensors); fused/chunked losses (Unsloth, Liger) "
-        "need much less.",
+        ("Logits: tunewise's fused frozen-head loss for LoRA/QLoRA (one 64 MiB chunk of logits at a time); "
+         "full fine-tuning counts a plain cross-entropy." if s.fused_loss else
+         "Logits assume a plain cross-entropy (b·s·vocab fp32 tensors); fused/chunked losses (tunewise train, "
+         "Unsloth, Liger) need much less."),
         "Activations assume SDPA/flash attention (no seq^2 attention matrix) and "
         + ("gradient checkpointing." if s.gradient_checkpointing else "no gradient checkpointing."),
     ]
