@@ -13,6 +13,7 @@ from tunewise.errors import TunewiseError
 from tunewise.estimate import (
     GB,
     LLAMA_SIZES,
+    CPU_RUNTIME_OVERHEAD_GB,
     DEFAULT_CPU_UTILISATION,
     TrainingSetup,
     cpu_estimate,
@@ -110,7 +111,8 @@ def test_cpu_estimate_scales_the_measured_peak(tiny_model_dir):
     c = cpu_estimate(shape, "lora", setup, training_tokens=1e6, peak_flops=100e9)
     assert c.utilisation == DEFAULT_CPU_UTILISATION
     cpu_setup = TrainingSetup(sequence_len=512, micro_batch_size=2, gradient_checkpointing=False,
-                              compute_bytes=2 if c.dtype == "bf16" else 4, runtime_overhead_gb=0.0)
+                              compute_bytes=2 if c.dtype == "bf16" else 4,
+                              runtime_overhead_gb=CPU_RUNTIME_OVERHEAD_GB)
     assert c.tokens_per_second == pytest.approx(100e9 * DEFAULT_CPU_UTILISATION / flops_per_token(shape, "lora", cpu_setup))
     assert c.hours == pytest.approx(1e6 / c.tokens_per_second / 3600)
     assert c.memory == pytest.approx(estimate_memory(shape, "lora", cpu_setup).total)
