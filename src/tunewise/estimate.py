@@ -15,7 +15,7 @@ Everything is computed from the model's shapes (config.json), so the numbers can
   each of the two RMSNorms keeps (2h fp32 values); with gradient checkpointing only each layer's
   input (h) is kept plus one layer being recomputed; plus the logits path: logits, their fp32 copy,
   the saved log-softmax and its gradient, b*s*V elements each — or, with tunewise's fused loss for
-  a frozen head (LoRA/QLoRA), one 64 MiB chunk of fp32 logits at a time and no saved logits;
+  a frozen head (LoRA/QLoRA), one 16 MiB chunk of fp32 logits at a time and no saved logits;
 * a fixed **runtime overhead** (CUDA context, allocator slack) for GPUs.
 
 Training FLOPs per token: 6N for full fine-tuning (2N forward, 2N gradient w.r.t. activations,
@@ -48,7 +48,7 @@ DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fin
 # machine (quiet, bf16) measured 0.51 without and 0.56 with gradient checkpointing (in this module's
 # FLOPs per token); bench/estimate_vs_measured.py then checks other shapes against it (docs/advise.md).
 DEFAULT_CPU_UTILISATION = 0.5
-FUSED_LOSS_CHUNK_BYTES = 64 * 2**20  # tunewise.train.loss.FROZEN_CHUNK_BYTES
+FUSED_LOSS_CHUNK_BYTES = 16 * 2**20  # tunewise.train.loss.FROZEN_CHUNK_BYTES
 # Working memory of a CPU training process beyond the modelled tensors (Trainer and data loader,
 # tokenized data, oneDNN scratch space, autocast's weight casts): calibrated on the same bench
 # (0.27 GB with and without checkpointing at seq 512 x 2), checked on two other shapes. It excludes
@@ -490,7 +490,7 @@ def estimate(
     notes = [
         f"Utilisation (model-FLOPs utilisation) assumed {utilisation:.0%} of each GPU's dense bf16 peak.",
         f"QLoRA time x{QLORA_SLOWDOWN} for NF4 de-quantisation (assumption).",
-        ("Logits: tunewise's fused frozen-head loss for LoRA/QLoRA (one 64 MiB chunk of logits at a time); "
+        ("Logits: tunewise's fused frozen-head loss for LoRA/QLoRA (one 16 MiB chunk of logits at a time); "
          "full fine-tuning counts a plain cross-entropy." if s.fused_loss else
          "Logits assume a plain cross-entropy (b·s·vocab fp32 tensors); fused/chunked losses (tunewise train, "
          "Unsloth, Liger) need much less."),

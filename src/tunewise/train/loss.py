@@ -23,8 +23,9 @@ from tunewise.train.attention import SEGMENTS_KEY
 IGNORE = -100
 # Above this many bytes of fp32 logits, chunks are recomputed in backward instead of kept.
 CHUNK_BYTES = 256 * 2**20
-# Logit chunk size for the frozen-head path (nothing is kept, so small chunks cost nothing).
-FROZEN_CHUNK_BYTES = 64 * 2**20
+# Logit chunk size for the frozen-head path (nothing is kept, so small chunks cost nothing). Under
+# 32 MiB, glibc serves the buffers from its heap instead of a fresh mmap (page faults) per chunk.
+FROZEN_CHUNK_BYTES = 16 * 2**20
 
 
 class _Passthrough(nn.Module):
@@ -101,15 +102,14 @@ class _FrozenHeadCE(torch.autograd.Function):
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for i in range(0, n, chunk):
-            logits = (h[i : i + chunk] @ weight.t()).float()
             t = targets[i : i + chunk]
-            lse = torch.logsumexp(logits, dim=-1)
-            losses[i : i + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
+            logp = torch.log_softmax((h[i : i + chunk] @ weight.t()).float(), dim=-1)
+            losses[i : i + chunk] = -logp.gather(1, t[:, None]).squeeze(1)
             if grad is not None:
-                probs = logits.sub_(lse[:, None]).exp_()
+                probs = logp.exp_()
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 grad[i : i + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits
+            del logp
         ctx.save_for_backward(grad)
         return losses
 
