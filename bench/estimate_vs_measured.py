@@ -16,7 +16,7 @@ The CPU utilisation was calibrated on bench/train_throughput.py and the CPU runt
 first two configurations here (docs/advise.md); the other two are the check. Target: predicted
 within 25% of measured.
 
-Run: .venv/bin/python bench/estimate_vs_measured.py [--steps 6] [--json bench/estimate_vs_measured.json]
+Run: .venv/bin/python bench/estimate_vs_measured.py [--steps 6] [--method qlora] [--configs N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class PeakRss:
         self._t.join()
 
 
-def one(seq: int, batch: int, ckpt: bool, steps: int) -> dict:
+def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> dict:
     """One configuration, in this (fresh) process."""
     import psutil
     import torch
@@ -79,7 +79,7 @@ def one(seq: int, batch: int, ckpt: bool, steps: int) -> dict:
     shape = load_shape("smollm2-135m")
     setup = TrainingSetup(sequence_len=seq, micro_batch_size=batch, gradient_checkpointing=ckpt, lora_r=16,
                           fused_loss=True)
-    pred = cpu_estimate(shape, "lora", setup, training_tokens=1.0)
+    pred = cpu_estimate(shape, method, setup, training_tokens=1.0)
     work = Path(tempfile.mkdtemp(prefix="tunewise-est-"))
     gc.collect()
     baseline = psutil.Process().memory_info().rss
@@ -94,21 +94,21 @@ def one(seq: int, batch: int, ckpt: bool, steps: int) -> dict:
             sampler.active = False
 
     Trainer.train = sampled_train
-    cfg = RunConfig(base_model="smollm2-135m", datasets=[{"path": str(DATA), "format": "alpaca"}],
+    cfg = RunConfig(base_model="smollm2-135m", method=method, datasets=[{"path": str(DATA), "format": "alpaca"}],
                     sequence_len=seq, micro_batch_size=batch, gradient_accumulation_steps=1, packing=True,
                     gradient_checkpointing=ckpt, lora_r=16, lora_alpha=32, max_steps=steps, learning_rate=1e-4,
                     warmup_ratio=0.0, save_steps=None, output_dir=str(work / "run"), seed=0)
     res = train(cfg, progress=False)
     sampler.stop()
-    from tunewise.estimate import CPU_RUNTIME_OVERHEAD_GB, estimate_memory
+    from tunewise.estimate import CPU_RUNTIME_OVERHEAD_GB, QLORA_SLOWDOWN, estimate_memory
 
     cpu_setup = TrainingSetup(**{**setup.__dict__, "compute_bytes": 2 if pred.dtype == "bf16" else 4,
                                  "runtime_overhead_gb": CPU_RUNTIME_OVERHEAD_GB})
-    mem = estimate_memory(shape, "lora", cpu_setup)
+    mem = estimate_memory(shape, method, cpu_setup)
     measured_mb = (sampler.peak - baseline) / 1e6
-    ftok = flops_per_token(shape, "lora", cpu_setup)
+    ftok = flops_per_token(shape, method, cpu_setup) * (QLORA_SLOWDOWN if method == "qlora" else 1)
     return {
-        "seq": seq, "micro_batch": batch, "gradient_checkpointing": ckpt, "steps": res.steps,
+        "method": method, "seq": seq, "micro_batch": batch, "gradient_checkpointing": ckpt, "steps": res.steps,
         "threads": torch.get_num_threads(), "dtype": pred.dtype,
         "matmul_gflops": pred.peak_flops / 1e9, "utilisation_assumed": pred.utilisation,
         "predicted_tokens_per_s": pred.tokens_per_second, "measured_tokens_per_s": res.tokens_per_second,
@@ -127,24 +127,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per configuration")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--method", default="lora", choices=["lora", "qlora"], help="what to train (default lora)")
+    ap.add_argument("--configs", type=int, default=len(CONFIGS), help="run only the first N shapes")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         seq, batch, ckpt = json.loads(args.one)
-        print(json.dumps(one(seq, batch, ckpt, args.steps)))
+        print(json.dumps(one(seq, batch, ckpt, args.steps, args.method)))
         return
     if not DATA.is_file():
         sys.exit(f"data not found: {DATA}")
     base_env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     base_env["TOKENIZERS_PARALLELISM"] = "false"
     results = []
-    for seq, batch, ckpt in CONFIGS:
+    for seq, batch, ckpt in CONFIGS[: args.configs]:
         runs = {}
         for purpose, env in (("speed", base_env), ("memory", {**base_env, "MALLOC_MMAP_THRESHOLD_": "131072"})):
-            print(f"tunewise train ({purpose}): LoRA r=16 on smollm2-135m, seq {seq} x micro-batch {batch}, "
+            print(f"tunewise train ({purpose}): {args.method} r=16 on smollm2-135m, seq {seq} x micro-batch {batch}, "
                   f"gradient checkpointing {'on' if ckpt else 'off'}, {args.steps} steps ...", file=sys.stderr, flush=True)
             out = subprocess.run([sys.executable, __file__, "--one", json.dumps([seq, batch, ckpt]), "--steps",
-                                  str(args.steps)], capture_output=True, text=True, check=False, env=env, cwd=REPO)
+                                  str(args.steps), "--method", args.method], capture_output=True, text=True, check=False, env=env, cwd=REPO)
             if out.returncode != 0:
                 sys.exit(f"bench run failed:\n{out.stderr[-3000:]}")
             runs[purpose] = json.loads(out.stdout.strip().splitlines()[-1])
