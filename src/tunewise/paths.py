@@ -40,16 +40,25 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Rename the finished directory ``new`` to ``target``, replacing an existing ``target``.
+
+    The old copy is first renamed to a ``.tmp-old-*`` name (which clean-up code treats as debris),
+    so ``target`` is never half-written: it is the old or the new directory.
+    """
+    if target.exists():
+        old = target.with_name(f".tmp-old-{target.name}-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
 
 
 def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:

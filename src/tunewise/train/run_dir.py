@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tunewise.errors import TunewiseError
-from tunewise.paths import atomic_write_text
+from tunewise.paths import atomic_write_text, replace_dir
 
 CHECKPOINTS = "checkpoints"
 COMPLETE_MARKER = "tunewise_complete.json"
@@ -102,7 +102,7 @@ def clean_partial(out: Path) -> None:
                                           and not (p / COMPLETE_MARKER).is_file()):
             shutil.rmtree(p, ignore_errors=True)
     for p in out.iterdir():
-        if p.name.startswith((".tmp-", ".old-")):
+        if p.name.startswith(".tmp-"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -111,13 +111,7 @@ def publish_checkpoint(staged: Path, final: Path, meta: dict[str, Any]) -> None:
     _fsync_tree(staged)
     (staged / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2))
     _fsync_tree(staged)
-    if final.exists():  # a stale copy of the same step (e.g. after resume): replace it
-        old = final.with_name(f".tmp-old-{final.name}")
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, final)
+    replace_dir(staged, final)  # a stale copy of the same step (e.g. after resume) is replaced
     _fsync_path(final.parent)
 
 
