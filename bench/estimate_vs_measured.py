@@ -73,7 +73,7 @@ def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> d
     from transformers import Trainer
 
     from tunewise.config import RunConfig
-    from tunewise.estimate import TrainingSetup, cpu_estimate, flops_per_token, load_shape
+    from tunewise.estimate import TrainingSetup, cpu_estimate, load_shape
     from tunewise.train import train
 
     shape = load_shape("smollm2-135m")
@@ -100,13 +100,9 @@ def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> d
                     warmup_ratio=0.0, save_steps=None, output_dir=str(work / "run"), seed=0)
     res = train(cfg, progress=False)
     sampler.stop()
-    from tunewise.estimate import CPU_RUNTIME_OVERHEAD_GB, QLORA_SLOWDOWN, estimate_memory
-
-    cpu_setup = TrainingSetup(**{**setup.__dict__, "compute_bytes": 2 if pred.dtype == "bf16" else 4,
-                                 "runtime_overhead_gb": CPU_RUNTIME_OVERHEAD_GB})
-    mem = estimate_memory(shape, method, cpu_setup)
+    mem = pred.breakdown
     measured_mb = (sampler.peak - baseline) / 1e6
-    ftok = flops_per_token(shape, method, cpu_setup) * (QLORA_SLOWDOWN if method == "qlora" else 1)
+    ftok = pred.flops_per_token
     return {
         "method": method, "seq": seq, "micro_batch": batch, "gradient_checkpointing": ckpt, "steps": res.steps,
         "threads": torch.get_num_threads(), "dtype": pred.dtype,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -397,41 +397,48 @@ def measure_matmul_peak(dtype: str = "bf16", seconds: float = 2.0, n: int = 2048
 @dataclass
 class CpuEstimate:
     """Training on this machine's CPU with `tunewise train`: the dtype it would use, the measured
-    matmul peak, the assumed utilisation, and what follows."""
+    matmul peak, the assumed utilisation, and what follows (``breakdown``: the memory by component)."""
 
     dtype: str
     threads: int
     peak_flops: float
     utilisation: float
+    flops_per_token: float
     tokens_per_second: float
     hours: float
     memory: float
     ram: float
+    breakdown: MemoryEstimate
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def cpu_dtype() -> str:
+    """The dtype `tunewise train` computes in on this CPU (``precision: auto``)."""
+    from tunewise.models import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def cpu_estimate(shape: ModelShape, method: Method, setup: TrainingSetup, training_tokens: float,
                  peak_flops: float | None = None, utilisation: float = DEFAULT_CPU_UTILISATION) -> CpuEstimate:
-    """Tokens/s, hours and memory of training ``shape`` here, on the CPU (no GPU involved)."""
+    """Tokens/s, hours and memory of training ``shape`` here, on the CPU, in the dtype `tunewise train`
+    would use, with the CPU runtime overhead; ``peak_flops`` is measured when not given."""
     import psutil
     import torch
 
-    from tunewise.models import cpu_has_native_bf16
-
-    dtype = "bf16" if cpu_has_native_bf16() else "fp32"
+    dtype = cpu_dtype()
     if peak_flops is None:
         peak_flops = measure_matmul_peak(dtype)
-    cpu_setup = TrainingSetup(**{**asdict(setup), "compute_bytes": 2 if dtype == "bf16" else 4,
-                                 "runtime_overhead_gb": CPU_RUNTIME_OVERHEAD_GB})
+    cpu_setup = replace(setup, compute_bytes=2 if dtype == "bf16" else 4, runtime_overhead_gb=CPU_RUNTIME_OVERHEAD_GB)
     ftok = flops_per_token(shape, method, cpu_setup)
     if method == "qlora":
         ftok *= QLORA_SLOWDOWN
     tps = peak_flops * utilisation / ftok
-    mem = estimate_memory(shape, method, cpu_setup).total
-    return CpuEstimate(dtype, torch.get_num_threads(), peak_flops, utilisation, tps,
-                       training_tokens / tps / 3600, mem, float(psutil.virtual_memory().total))
+    mem = estimate_memory(shape, method, cpu_setup)
+    return CpuEstimate(dtype, torch.get_num_threads(), peak_flops, utilisation, ftok, tps,
+                       training_tokens / tps / 3600, mem.total, float(psutil.virtual_memory().total), mem)
 
 
 def training_hours(flops_tok: float, tokens: float, tflops: float, utilisation: float, gpus: int = 1) -> float:

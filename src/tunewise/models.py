@@ -7,6 +7,8 @@ provide it.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import importlib.util
 import json
@@ -268,6 +270,7 @@ def check_cache(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 matmul instructions (AVX-512 BF16 or AMX), where bf16 runs faster
     than fp32 (measured on the build machine: matmul peak 2.3x, decoding 1.6x). CPUs without them

@@ -297,13 +297,14 @@ def estimate_cmd(
                    gpus=gpus, methods=methods)
     here = []
     if this_machine:
-        from tunewise.estimate import cpu_estimate, load_shape, measure_matmul_peak
-        from tunewise.models import cpu_has_native_bf16
+        from dataclasses import replace
+
+        from tunewise.estimate import cpu_dtype, cpu_estimate, load_shape, measure_matmul_peak
 
         shape = load_shape(model)
-        peak = measure_matmul_peak("bf16" if cpu_has_native_bf16() else "fp32")
-        cpu_setup = TrainingSetup(**{**setup.__dict__, "fused_loss": True})
-        here = [(m.method, cpu_estimate(shape, m.method, cpu_setup, est.training_tokens, peak_flops=peak))
+        peak = measure_matmul_peak(cpu_dtype())  # once, shared by the methods
+        trained_here = replace(setup, fused_loss=True)  # tunewise train's loss
+        here = [(m.method, cpu_estimate(shape, m.method, trained_here, est.training_tokens, peak_flops=peak))
                 for m in est.methods]
     if as_json:
         d = est.as_dict()
