@@ -78,7 +78,7 @@ def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> d
 
     shape = load_shape("smollm2-135m")
     setup = TrainingSetup(sequence_len=seq, micro_batch_size=batch, gradient_checkpointing=ckpt, lora_r=16,
-                          fused_loss=True)
+                          fused_loss=True, lean_activations=True)
     pred = cpu_estimate(shape, method, setup, training_tokens=1.0)
     work = Path(tempfile.mkdtemp(prefix="tunewise-est-"))
     gc.collect()

@@ -5,6 +5,7 @@ machine, most of it model loading and the held-out eval of each arm):
 
     .venv/bin/python bench/train_throughput.py                 # 4 optimizer steps per arm
     .venv/bin/python bench/train_throughput.py --steps 10      # steadier figures, ~2.5x longer
+    .venv/bin/python bench/train_throughput.py --arms plain,tunewise,tunewise-mb2,tunewise-768
     .venv/bin/python bench/train_throughput.py --model /path/to/hf-dir --json out.json
 
 Both arms fine-tune the embedded model (SmolLM2-135M-Instruct) with LoRA r=16, alpha=16 on
@@ -16,7 +17,9 @@ a fixed held-out slice (its last ``--eval-rows`` rows):
       packing, fp32 weights (TRL's own defaults then add bf16 autocast and gradient checkpointing),
       prompt-completion conversational data (so loss on the response only, TRL's default for that
       format).
-  (b) tunewise: ``tunewise.train.train`` with its fastest settings (see TUNEWISE_SETTINGS).
+  (b) tunewise: ``tunewise.train.train`` with its fastest settings (see TUNEWISE_SETTINGS), and any
+      of VARIANTS named in --arms (other settings, each compared with the same plain arm). The plain
+      arm's process never imports tunewise and gets the environment the bench started with.
 
 Each arm runs in its own subprocess, so peak resident memory (whole process tree, polled, and the
 child's own ``ru_maxrss``) belongs to that arm alone. Measured identically in both arms, by wrapping
@@ -42,6 +45,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+BASE_ENV = dict(os.environ)  # before anything imports tunewise (see spawn_arm)
 DATA = REPO.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "gate_proj", "down_proj"]
 LORA_R = 16
@@ -53,15 +57,22 @@ SEED = 42
 
 # tunewise's fastest settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
 # optimizer step in one flattened padding-free row (no accumulation; each example gets its own
-# attention call), bf16 weights (this CPU has bf16 matmul), no gradient checkpointing; the loss only
-# computes logits at response tokens and keeps none for backward.
-# --tunewise-set gradient_checkpointing=true trades ~23% speed for ~44% less memory.
+# attention call), bf16 weights (this CPU has bf16 matmul), no gradient checkpointing, lean
+# activations (the default); the loss only computes logits at response tokens and keeps none.
 TUNEWISE_SETTINGS = {
     "packing": False,
     "micro_batch_size": 8,
     "gradient_accumulation_steps": 1,
     "precision": "bf16",
     "gradient_checkpointing": False,
+}
+# Other settings worth measuring in the same run (--arms plain,tunewise,tunewise-mb2,...): each is
+# TUNEWISE_SETTINGS with these changes, compared against the same plain arm.
+VARIANTS = {
+    "tunewise": {},
+    "tunewise-mb2": {"micro_batch_size": 2, "gradient_accumulation_steps": 4},  # the plain arm's split
+    "tunewise-768": {"micro_batch_tokens": 768},  # 8 examples, run in pieces of <= 768 tokens
+    "tunewise-ckpt": {"gradient_checkpointing": True},
 }
 
 
@@ -111,6 +122,20 @@ class Meter:
         Trainer.train, Trainer.training_step = timed_train, counted_step
 
 
+def write_plain_rows(train_file: Path) -> None:
+    """The training rows in TRL's conversational prompt-completion format, for the plain arm."""
+    from tunewise.data.formats import load_conversations
+
+    rows = [
+        {
+            "prompt": [{"role": m.role, "content": m.content} for m in c.messages[:-1]],
+            "completion": [{"role": "assistant", "content": c.messages[-1].content}],
+        }
+        for c in load_conversations(train_file, "alpaca")
+    ]
+    (train_file.parent / "plain_rows.json").write_text(json.dumps(rows), encoding="utf-8")
+
+
 def split_data(work: Path, eval_rows: int) -> tuple[Path, Path]:
     """Write the training rows and the held-out slice (the last ``eval_rows`` rows) as Alpaca files."""
     rows = json.loads(DATA.read_text(encoding="utf-8"))
@@ -128,16 +153,9 @@ def arm_plain(model_dir: str, train_file: Path, out: Path, steps: int, meter: Me
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from tunewise.data.formats import load_conversations
-
-    convs = load_conversations(train_file, "alpaca")
-    rows = [
-        {
-            "prompt": [{"role": m.role, "content": m.content} for m in c.messages[:-1]],
-            "completion": [{"role": "assistant", "content": c.messages[-1].content}],
-        }
-        for c in convs
-    ]
+    # rows written by the parent (write_plain_rows): this process never imports tunewise, so none of
+    # its process-wide settings (e.g. the CPU kernel-cache caps in tunewise/__init__.py) reach it
+    rows = json.loads((train_file.parent / "plain_rows.json").read_text(encoding="utf-8"))
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = SFTConfig(
@@ -217,7 +235,7 @@ def run_arm(name: str, model_dir: str, work: Path, steps: int, result_file: Path
     if name == "plain":
         info = arm_plain(model_dir, train_file, out, steps, meter)
     else:
-        info = arm_tunewise(model_dir, train_file, out, steps, meter, overrides)
+        info = arm_tunewise(model_dir, train_file, out, steps, meter, {**VARIANTS[name], **overrides})
     info.update(
         tokens=meter.tokens,
         loss_tokens=meter.loss_tokens,
@@ -243,7 +261,10 @@ def spawn_arm(name: str, model_dir: str, work: Path, steps: int, overrides: dict
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_arm", name, "--_work", str(work),
            "--model", model_dir, "--steps", str(steps), "--_overrides", json.dumps(overrides)]
     log = open(work / f"{name}.log", "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    # the plain arm runs in the environment the bench was started with, not the one importing
+    # tunewise in this parent process has changed
+    env = BASE_ENV if name == "plain" else None
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     peak = 0
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -321,7 +342,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per arm")
     ap.add_argument("--eval-rows", type=int, default=40, help="held-out rows (the last N of the file)")
     ap.add_argument("--model", default=None, help="HF model dir (default: the embedded smollm2-135m)")
-    ap.add_argument("--arms", default="plain,tunewise", help="comma-separated: plain, tunewise")
+    ap.add_argument("--arms", default="plain,tunewise",
+                    help="comma-separated: plain and any of " + ", ".join(VARIANTS))
     ap.add_argument("--tunewise-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one of TUNEWISE_SETTINGS (YAML value), e.g. precision=fp32")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -346,8 +368,12 @@ def main() -> None:
         args.model = str(resolve_model("smollm2-135m").path)
     overrides = parse_overrides(args.tunewise_set)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a != "plain" and a not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown)}: use plain, {', '.join(VARIANTS)}")
     work = Path(tempfile.mkdtemp(prefix="tunewise-bench-"))
     train_file, eval_file = split_data(work, args.eval_rows)
+    write_plain_rows(train_file)
     print(f"model {args.model}\ndata {DATA} ({args.eval_rows} held-out rows)\nwork dir {work}", flush=True)
 
     import torch
@@ -377,23 +403,23 @@ def main() -> None:
     print(f"\nLoRA r={LORA_R} alpha={LORA_ALPHA} on {','.join(TARGETS)}; seq len {SEQ_LEN}; "
           f"{EFFECTIVE_BATCH} examples/step; lr {LEARNING_RATE}; {args.steps} steps; "
           f"mean example {mean_len:.0f} tokens; {fpt / 1e9:.2f} GFLOP/token (N={n_matmul / 1e6:.1f}M)")
-    header = f"{'arm':<10}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
+    header = f"{'arm':<14}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:<10}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{r['loss_tokens_per_s']:>12.1f}{gib(r['peak_rss_bytes']):>12}"
+        print(f"{name:<14}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{r['loss_tokens_per_s']:>12.1f}{gib(r['peak_rss_bytes']):>12}"
               f"{r['eval_loss']:>11.4f}{r['mfu'] * 100:>7.1f}%  {r['compute_dtype']} {r['settings']}")
     verdict = {}
-    if {"plain", "tunewise"} <= results.keys():
-        a, b = results["plain"], results["tunewise"]
+    for name in [n for n in results if n != "plain"] if "plain" in results else []:
+        a, b = results["plain"], results[name]
         speed = b["tokens_per_s"] / a["tokens_per_s"]
         mem = b["peak_rss_bytes"] / a["peak_rss_bytes"]
         loss = b["eval_loss"] / a["eval_loss"] - 1
-        verdict = {"speedup": speed, "memory_ratio": mem, "eval_loss_change": loss,
-                   "speed_ok": speed >= 3, "memory_ok": mem <= 0.6, "loss_ok": loss <= 0.03}
-        print(f"\ntunewise vs plain: {speed:.2f}x tokens/s (target >= 3x: {'PASS' if speed >= 3 else 'FAIL'}), "
+        verdict[name] = {"speedup": speed, "memory_ratio": mem, "eval_loss_change": loss,
+                         "speed_ok": speed >= 3, "memory_ok": mem <= 0.6, "loss_ok": loss <= 0.03}
+        print(f"\n{name} vs plain: {speed:.2f}x tokens/s (target >= 3x: {'PASS' if speed >= 3 else 'FAIL'}), "
               f"{mem:.2f}x peak memory (target <= 0.6x: {'PASS' if mem <= 0.6 else 'FAIL'}), "
-              f"eval loss {loss * 100:+.1f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'})")
+              f"eval loss {loss * 100:+.2f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'})")
     if args.json:
         args.json.write_text(json.dumps({"steps": args.steps, "peaks_flops": peaks, "mean_len": mean_len,
                                          "flops_per_token": fpt, "arms": results, "verdict": verdict},

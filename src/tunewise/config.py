@@ -74,6 +74,11 @@ class RunConfig(Strict):
 
     # --- optimisation ------------------------------------------------------------------------
     micro_batch_size: int = Field(2, ge=1, description="Examples (or packed rows) per device step.")
+    micro_batch_tokens: int | None = Field(
+        None, ge=64,
+        description="Most tokens per forward/backward pass: a larger micro-batch runs in pieces of whole "
+        "examples (same gradients). Bounds activation memory when example lengths vary.",
+    )
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     num_epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -89,6 +94,9 @@ class RunConfig(Strict):
         "auto", description="auto = bf16 where the hardware supports it, else fp32."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    lean_activations: bool = Field(
+        True, description="Keep less for backward in SwiGLU MLPs and RMSNorms (same gradients, no recompute of matmuls)."
+    )
 
     # --- bookkeeping -------------------------------------------------------------------------
     output_dir: str = Field("runs/latest", description="Run directory (never silently overwritten).")

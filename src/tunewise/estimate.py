@@ -12,7 +12,8 @@ Everything is computed from the model's shapes (config.json), so the numbers can
 * **activations** saved for backward, per token and layer for a Llama-style block with SDPA/flash
   attention (no seq^2 term): 6h + 2kv + 4i elements (norm inputs/outputs, q/k/v, attention output,
   gate/up/act/product of the MLP), plus, when computing in 16 bits, the fp32 copy of its input that
-  each of the two RMSNorms keeps (2h fp32 values); with gradient checkpointing only each layer's
+  each of the two RMSNorms keeps (2h fp32 values) — or, with tunewise's lean activations, 2i for the
+  MLP (gate and up only) and no fp32 norm copies; with gradient checkpointing only each layer's
   input (h) is kept plus one layer being recomputed; plus the logits path: logits, their fp32 copy,
   the saved log-softmax and its gradient, b*s*V elements each — or, with tunewise's fused loss for
   a frozen head (LoRA/QLoRA), one 16 MiB chunk of fp32 logits at a time and no saved logits;
@@ -208,7 +209,8 @@ def run_config_setup(path: str | Path) -> tuple[TrainingSetup, str] | None:
     cfg = load_config(p, schema=RunConfig)
     setup = TrainingSetup(sequence_len=cfg.sequence_len, micro_batch_size=cfg.micro_batch_size,
                           gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
-                          fused_loss=True)
+                          fused_loss=True, lean_activations=cfg.lean_activations,
+                          micro_batch_tokens=cfg.micro_batch_tokens)
     return setup, cfg.method
 
 
@@ -232,6 +234,8 @@ class TrainingSetup:
     lora_r: int = 16
     compute_bytes: int = 2  # bf16 activations and frozen weights; 4 for fp32
     fused_loss: bool = False  # tunewise's frozen-head loss (LoRA/QLoRA): no saved logits
+    lean_activations: bool = False  # tunewise's SwiGLU/RMSNorm autograd: no SiLU/product/fp32 norm copies
+    micro_batch_tokens: int | None = None  # tunewise's cap on tokens per forward/backward pass
     full_weight_dtype: Literal["fp32", "bf16"] = "fp32"  # mixed precision vs pure bf16
     runtime_overhead_gb: float = 1.0  # CUDA context + allocator slack; 0 for CPU
 
@@ -285,13 +289,18 @@ def estimate_memory(shape: ModelShape, method: Method, setup: TrainingSetup | No
         raise TunewiseError(f"unknown method '{method}'", "use full, lora or qlora")
 
     tokens = s.sequence_len * s.micro_batch_size
-    per_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate
+    if s.micro_batch_tokens:
+        tokens = min(tokens, max(s.micro_batch_tokens, s.sequence_len))  # one example can fill a piece
+    # lean activations keep the MLP's gate and up projections only (SiLU output and product are
+    # recomputed) and each RMSNorm's 16-bit input instead of an fp32 copy
+    mlp_kept = 2 if s.lean_activations else 4
+    per_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + mlp_kept * shape.intermediate
     if s.gradient_checkpointing:
         act_elems = tokens * (shape.n_layers * shape.hidden + 2 * per_layer)
     else:
         act_elems = tokens * (shape.n_layers * per_layer + per_layer)  # + one layer of backward work
     activations = act_elems * cb
-    if cb < 4:  # RMSNorm computes in fp32 and keeps that copy of its input for backward
+    if cb < 4 and not s.lean_activations:  # RMSNorm computes in fp32 and keeps that copy of its input
         layers_kept = 2 if s.gradient_checkpointing else shape.n_layers + 1
         activations += tokens * layers_kept * 2 * shape.hidden * 4
     fp32_copy = 0 if cb >= 4 else 4

@@ -303,7 +303,7 @@ def estimate_cmd(
 
         shape = load_shape(model)
         peak = measure_matmul_peak(cpu_dtype())  # once, shared by the methods
-        trained_here = replace(setup, fused_loss=True)  # tunewise train's loss
+        trained_here = replace(setup, fused_loss=True, lean_activations=True)  # how tunewise train runs
         here = [(m.method, cpu_estimate(shape, m.method, trained_here, est.training_tokens, peak_flops=peak))
                 for m in est.methods]
     if as_json:

@@ -101,6 +101,30 @@ class PaddingFreeCollator:
         }
 
 
+def split_row(batch: dict, max_tokens: int) -> list[dict]:
+    """Split a collated row into pieces of at most ``max_tokens`` tokens, at example boundaries.
+
+    An example longer than ``max_tokens`` is a piece of its own. The pieces' losses add up to the
+    row's (the loss is a sum over trained tokens), so running them one after the other and
+    accumulating gradients gives the row's gradients with the activation memory of one piece.
+    """
+    segments = batch.get(SEGMENTS_KEY)
+    if not segments or batch["input_ids"].shape[0] != 1 or segments[-1][1] - segments[0][0] <= max_tokens:
+        return [batch]
+    groups: list[list[tuple[int, int]]] = [[]]
+    for s, e in segments:
+        if groups[-1] and e - groups[-1][0][0] > max_tokens:
+            groups.append([])
+        groups[-1].append((s, e))
+    pieces = []
+    for group in groups:
+        a, b = group[0][0], group[-1][1]
+        piece = {k: v[:, a:b] for k, v in batch.items() if k != SEGMENTS_KEY}
+        piece[SEGMENTS_KEY] = tuple((s - a, e - a) for s, e in group)
+        pieces.append(piece)
+    return pieces
+
+
 def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
     """Hold out ``fraction`` of ``items`` (at least one when fraction > 0) with a seeded shuffle."""
     if fraction <= 0 or len(items) < 2:

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from tunewise.config import RunConfig, dump_config
 from tunewise.errors import TunewiseError
 from tunewise.paths import atomic_dir, atomic_write_text
 from tunewise.train.loss import IGNORE, summed_loss
-from tunewise.train import attention, distributed
-from tunewise.train.packing import PaddingFreeCollator, RowDataset, split_eval, usable
+from tunewise.train import attention, distributed, fused
+from tunewise.train.arena import SavedActivationArena
+from tunewise.train.packing import PaddingFreeCollator, RowDataset, split_eval, split_row, usable
 from tunewise.train.run_dir import (
     CHECKPOINTS,
     checkpoint_step,
@@ -90,6 +92,8 @@ class TunewiseTrainer(Trainer):
         self.session_t1: float | None = None
         self.paused_s = 0.0  # time spent evaluating / checkpointing (not training throughput)
         self.last_eval: dict[str, float] | None = None
+        self.arena: SavedActivationArena | None = None  # set by train() for CPU runs (see arena.py)
+        self.micro_batch_tokens: int | None = None  # set by train() from the config
         self.add_callback(_SessionClock(self))
 
     # --- loss --------------------------------------------------------------------------------
@@ -103,7 +107,10 @@ class TunewiseTrainer(Trainer):
         return n
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        total, n = summed_loss(model, inputs)
+        saving = (self.arena.saving() if self.arena is not None and model.training and torch.is_grad_enabled()
+                  else nullcontext())
+        with saving:
+            total, n = summed_loss(model, inputs)
         denom = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
         loss = total / denom
         if (num_items_in_batch is not None and self.args.average_tokens_across_devices
@@ -113,7 +120,17 @@ class TunewiseTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.state.num_input_tokens_seen += int(inputs["input_ids"].numel())
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        pieces = split_row(inputs, self.micro_batch_tokens) if self.micro_batch_tokens else [inputs]
+        if len(pieces) == 1:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        else:
+            if num_items_in_batch is None:  # each piece is normalised by the whole micro-batch's tokens
+                num_items_in_batch = int(inputs["shift_labels"].ne(IGNORE).sum())
+            loss = 0.0
+            for i, piece in enumerate(pieces):  # gradients are synchronised once, after the last piece
+                sync = i == len(pieces) - 1
+                with nullcontext() if sync else self.accelerator.no_sync(model):
+                    loss = loss + super().training_step(model, piece, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
         return loss
@@ -391,6 +408,8 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
     model.config.use_cache = False
     model.set_attn_implementation(attention.register())
     if cfg.method == "full":
+        if cfg.lean_activations:
+            fused.install(model)
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -403,6 +422,8 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
+    if cfg.lean_activations:
+        fused.install(model)
     return model
 
 
@@ -500,7 +521,8 @@ def _is_oom(e: BaseException) -> bool:
 
 def oom_error(cfg: RunConfig) -> TunewiseError:
     tips = [f"micro_batch_size (now {cfg.micro_batch_size}; raise gradient_accumulation_steps to keep the "
-            "effective batch)", f"sequence_len (now {cfg.sequence_len})"]
+            "effective batch)", f"sequence_len (now {cfg.sequence_len})",
+            f"micro_batch_tokens (now {cfg.micro_batch_tokens or 'unset'}; e.g. 1024)"]
     if not cfg.gradient_checkpointing:
         tips.append("gradient_checkpointing: true")
     if cfg.method != "qlora":
@@ -655,6 +677,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
 
     trainer.remove_callback(PrinterCallback)
     distributed.attach(trainer, out)  # multi-process runs: per-rank shard + weights record
+    trainer.micro_batch_tokens = cfg.micro_batch_tokens
+    if cfg.lean_activations and not cfg.gradient_checkpointing and trainer.args.device.type == "cpu":
+        trainer.arena = SavedActivationArena(model)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         adapter_dir, model_dir = save_final(trainer, cfg, tokenizer, out)
@@ -664,6 +689,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
                 trainer.evaluate()
             eval_loss = trainer.last_eval["eval_loss"]
     except NonFiniteLoss as e:
+        if trainer.is_world_process_zero():
+            plot_loss(out, title)  # the curve up to the bad step helps to see what went wrong
         last = latest_checkpoint(out)
         raise TunewiseError(
             f"training stopped: {e}; nothing after the last good checkpoint was saved "
