@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -257,3 +258,29 @@ def test_cli_estimate_uses_the_run_configs_settings(tmp_path, tiny_model_dir):
     assert d["setup"]["sequence_len"] == 256 and d["setup"]["micro_batch_size"] == 4 and d["setup"]["lora_r"] == 8
     r = runner.invoke(app, ["estimate", str(cfg), "--seq-len", "128", "--json"])
     assert json.loads(r.output)["setup"]["sequence_len"] == 128
+
+
+def test_lean_activations_drop_the_mlp_and_norm_copies():
+    """tunewise's lean activations: LoRA keeps 2 (not 4) intermediate-size tensors per layer and no
+    fp32 norm copies; QLoRA and full keep autograd's MLP but lose the norm copies too."""
+    shape = load_shape("smollm2-135m")
+    plain = TrainingSetup(sequence_len=512, micro_batch_size=2, gradient_checkpointing=False)
+    lean = replace(plain, lean_activations=True)
+    tokens, layers, bf16 = 1024, shape.n_layers + 1, 2
+    norm_copies = tokens * layers * 2 * shape.hidden * 4
+    mlp = tokens * layers * 2 * shape.intermediate * bf16
+    for method, saved in (("lora", norm_copies + mlp), ("qlora", norm_copies), ("full", 0)):
+        a = estimate_memory(shape, method, plain).activations
+        b = estimate_memory(shape, method, lean).activations
+        assert a - b == pytest.approx(saved if method != "full" else norm_copies)
+
+
+def test_micro_batch_tokens_bounds_the_activation_tokens():
+    shape = load_shape("smollm2-135m")
+    big = TrainingSetup(sequence_len=512, micro_batch_size=8, gradient_checkpointing=False)
+    capped = replace(big, micro_batch_tokens=1024)
+    per_token = estimate_memory(shape, "lora", replace(big, micro_batch_size=1)).activations / 512
+    assert estimate_memory(shape, "lora", capped).activations == pytest.approx(per_token * 1024)
+    # a single example may fill a piece: never below one sequence
+    tiny_cap = replace(big, micro_batch_tokens=64)
+    assert estimate_memory(shape, "lora", tiny_cap).activations == pytest.approx(per_token * 512)

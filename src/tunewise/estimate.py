@@ -12,8 +12,8 @@ Everything is computed from the model's shapes (config.json), so the numbers can
 * **activations** saved for backward, per token and layer for a Llama-style block with SDPA/flash
   attention (no seq^2 term): 6h + 2kv + 4i elements (norm inputs/outputs, q/k/v, attention output,
   gate/up/act/product of the MLP), plus, when computing in 16 bits, the fp32 copy of its input that
-  each of the two RMSNorms keeps (2h fp32 values) — or, with tunewise's lean activations, 2i for the
-  MLP (gate and up only) and no fp32 norm copies; with gradient checkpointing only each layer's
+  each of the two RMSNorms keeps (2h fp32 values) — or, with tunewise's lean activations, no fp32
+  norm copies and, for LoRA, 2i for the MLP (gate and up only); with gradient checkpointing only each layer's
   input (h) is kept plus one layer being recomputed; plus the logits path: logits, their fp32 copy,
   the saved log-softmax and its gradient, b*s*V elements each — or, with tunewise's fused loss for
   a frozen head (LoRA/QLoRA), one 16 MiB chunk of fp32 logits at a time and no saved logits;
@@ -292,8 +292,9 @@ def estimate_memory(shape: ModelShape, method: Method, setup: TrainingSetup | No
     if s.micro_batch_tokens:
         tokens = min(tokens, max(s.micro_batch_tokens, s.sequence_len))  # one example can fill a piece
     # lean activations keep the MLP's gate and up projections only (SiLU output and product are
-    # recomputed) and each RMSNorm's 16-bit input instead of an fp32 copy
-    mlp_kept = 2 if s.lean_activations else 4
+    # recomputed; LoRA only: a 4-bit or trained MLP keeps autograd's path) and each RMSNorm's
+    # 16-bit input instead of an fp32 copy
+    mlp_kept = 2 if s.lean_activations and method == "lora" else 4
     per_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + mlp_kept * shape.intermediate
     if s.gradient_checkpointing:
         act_elems = tokens * (shape.n_layers * shape.hidden + 2 * per_layer)

@@ -107,23 +107,19 @@ class _SwiGLUMLP(torch.autograd.Function):
             dy2 = dy.reshape(-1, dy.shape[-1]).to(dt)
             w = [t.to(dt) for t in (wg, wu, wd)]
             lora = [None if t is None else t.to(dt) for t in (ag, bg, au, bu, ad, bd)]
-            ef = e.float()
-            sig = torch.sigmoid(ef)
-            act = ef * sig  # silu(e) in fp32
+            act = F.silu(e)  # recomputed; the same roundings as autograd's path from here on
             dh = dy2 @ w[2]
             if lora[4] is not None:
-                h = F.silu(e).mul_(u)  # the product fed to down_proj, as in forward
+                h = act * u  # the product fed to down_proj, as in forward
                 dyb = dy2 @ lora[5]
                 grads[9] = (sd * (dy2.t() @ (h @ lora[4].t()))).to(bd.dtype)
                 grads[8] = (sd * (dyb.t() @ h)).to(ad.dtype)
                 del h
                 dh.addmm_(dyb, lora[4], alpha=sd)
-            dhf = dh.float()
+            du = dh * act
+            del act
+            de = torch.ops.aten.silu_backward(dh.mul_(u), e)
             del dh
-            du = (dhf * act).to(dt)
-            # d silu(e)/de = sig * (1 + e * (1 - sig))
-            de = torch.sub(1.0, sig).mul_(ef).add_(1.0).mul_(sig).mul_(dhf).mul_(u.float()).to(dt)
-            del ef, sig, act, dhf
             need_x = ctx.needs_input_grad[0]
             dx = (de @ w[0]).addmm_(du, w[1]) if need_x else None
             for d, a, b, s, ia, ib in ((de, lora[0], lora[1], sg, 4, 5), (du, lora[2], lora[3], su, 6, 7)):
