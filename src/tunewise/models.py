@@ -8,7 +8,6 @@ provide it.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import importlib.util
 import json

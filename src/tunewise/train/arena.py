@@ -48,9 +48,7 @@ class SavedActivationArena:
         """Start a new forward pass; the previous backward must be finished."""
         self._seen.clear()
         if len(self._chunks) > 1:  # grew during the last pass: one chunk of the whole size from now on
-            total = self.capacity
-            self._chunks = []
-            self._chunks.append(torch.empty(total, dtype=torch.uint8, device=self._device))
+            self._chunks = [torch.empty(self.capacity, dtype=torch.uint8, device=self._device)]
         self._chunk = 0
         self._offset = 0
         self._used = 0

@@ -7,9 +7,9 @@ Two autograd functions keep less and compute the same gradients:
 
 * :class:`_SwiGLUMLP` — ``down(silu(gate(x)) * up(x))`` with optional LoRA on each projection: keeps
   ``x`` and the gate and up projections only, and recomputes the SiLU and the product in backward
-  (element-wise work, no matmul is repeated). The base weights must be frozen (LoRA / QLoRA-free
-  plain ``nn.Linear`` layers); LoRA dropout, DoRA, biases and merged or disabled adapters keep
-  PEFT's own path.
+  (element-wise work, no matmul is repeated). The base weights must be frozen plain ``nn.Linear``
+  layers (so not QLoRA's 4-bit ones, nor full fine-tuning); LoRA dropout, DoRA, biases and merged
+  or disabled adapters keep PEFT's own path.
 * :class:`_RMSNorm` — keeps its 16-bit input and one fp32 scale per token instead of the fp32 copy.
 
 :func:`install` swaps them in per module after checking, on a small random input, that the module's
@@ -122,12 +122,13 @@ class _SwiGLUMLP(torch.autograd.Function):
             del dh
             need_x = ctx.needs_input_grad[0]
             dx = (de @ w[0]).addmm_(du, w[1]) if need_x else None
-            for d, a, b, s, ia, ib in ((de, lora[0], lora[1], sg, 4, 5), (du, lora[2], lora[3], su, 6, 7)):
+            # grads[ia] / grads[ia + 1]: the A / B of gate (4, 5) and up (6, 7), in the adapters' dtype
+            for d, a, b, s, ia, param in ((de, lora[0], lora[1], sg, 4, ag), (du, lora[2], lora[3], su, 6, au)):
                 if a is None:
                     continue
                 db = d @ b
-                grads[ib] = (s * (d.t() @ (x2 @ a.t()))).to((bg if ib == 5 else bu).dtype)
-                grads[ia] = (s * (db.t() @ x2)).to((ag if ia == 4 else au).dtype)
+                grads[ia + 1] = (s * (d.t() @ (x2 @ a.t()))).to(param.dtype)
+                grads[ia] = (s * (db.t() @ x2)).to(param.dtype)
                 if need_x:
                     dx.addmm_(db, a, alpha=s)
         if dx is not None:

@@ -407,21 +407,18 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
                        merge_adapter=resolved.adapter_dir is not None)
     model.config.use_cache = False
     model.set_attn_implementation(attention.register())
-    if cfg.method == "full":
-        if cfg.lean_activations:
-            fused.install(model)
-        return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    if cfg.method != "full":
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
-    with warnings.catch_warnings():  # PEFT still calls the v5-renamed gradient_checkpointing API
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
-        model = _attach_lora(cfg, model, prepare_model_for_kbit_training, get_peft_model)
-    if precision in ("bf16", "fp16"):
-        # Under autocast the adapters compute in bf16/fp16 anyway; PEFT's cast of every adapter input
-        # to the adapters' fp32 would only add an fp32 copy of each input, kept for backward.
-        for module in model.modules():
-            if hasattr(module, "cast_input_dtype_enabled"):
-                module.cast_input_dtype_enabled = False
+        with warnings.catch_warnings():  # PEFT still calls the v5-renamed gradient_checkpointing API
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
+            model = _attach_lora(cfg, model, prepare_model_for_kbit_training, get_peft_model)
+        if precision in ("bf16", "fp16"):
+            # Under autocast the adapters compute in bf16/fp16 anyway; PEFT's cast of every adapter input
+            # to the adapters' fp32 would only add an fp32 copy of each input, kept for backward.
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
     if cfg.lean_activations:
         fused.install(model)
     return model
