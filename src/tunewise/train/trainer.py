@@ -406,7 +406,12 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
     model = load_model(cfg.base_model, quantization=quant, dtype=weights_dtype, device=device,
                        merge_adapter=resolved.adapter_dir is not None)
     model.config.use_cache = False
-    model.set_attn_implementation(attention.register())
+    why_not = attention.unsupported(model.config, cfg.sequence_len)
+    if why_not is None:
+        model.set_attn_implementation(attention.register())
+    else:  # transformers' sdpa path masks packed examples from position_ids instead (∝ T², slower)
+        warnings.warn(f"{cfg.base_model} uses {why_not}; training with its own sdpa attention instead of "
+                      "tunewise's per-example attention", stacklevel=2)
     if cfg.method != "full":
         from peft import get_peft_model, prepare_model_for_kbit_training
 

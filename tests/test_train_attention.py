@@ -1,0 +1,98 @@
+"""tunewise's per-example attention: the short-example CPU kernel against PyTorch's SDPA (values and
+gradients), mixed short and long examples in one row, and the models it must not be used for."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunewise.train import attention
+
+
+def _qkv(b, h, hkv, t, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, t, h, d, generator=g, dtype=dtype).transpose(1, 2).requires_grad_()  # as transformers does
+    k = torch.randn(b, t, hkv, d, generator=g, dtype=dtype).transpose(1, 2).requires_grad_()
+    v = torch.randn(b, t, hkv, d, generator=g, dtype=dtype).transpose(1, 2).requires_grad_()
+    return q, k, v
+
+
+def _reference(q, k, v, segments, scale):
+    outs = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, scale=scale,
+                                           enable_gqa=q.shape[1] != k.shape[1]) for s, e in segments]
+    return torch.cat(outs, 2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("b,h,hkv,n", [(1, 6, 2, 37), (2, 4, 4, 9), (1, 3, 1, 1)])
+def test_short_kernel_matches_sdpa(b, h, hkv, n):
+    q, k, v = _qkv(b, h, hkv, n, 16)
+    out = attention._ShortCausalAttention.apply(q, k, v, 0.3)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=h != hkv)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    dout = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
+
+
+def test_short_kernel_in_bf16_is_as_close_as_sdpa():
+    """In bf16 the short kernel's error against an fp64 reference is of the same size as SDPA's own."""
+    q, k, v = _qkv(1, 9, 3, 150, 64)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    dout = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    low = [x.detach().bfloat16().requires_grad_() for x in (q, k, v)]
+
+    def errors(out):
+        grads = torch.autograd.grad(out, low, dout.bfloat16())
+        return [float((out.detach().double() - ref.detach()).abs().max())] + [
+            float((gr.double() - w).abs().max() / w.abs().max()) for gr, w in zip(grads, want)]
+
+    sdpa = errors(F.scaled_dot_product_attention(*low, is_causal=True, enable_gqa=True))
+    mine_out = attention._ShortCausalAttention.apply(*low, 64 ** -0.5)
+    assert mine_out.dtype == torch.bfloat16
+    mine = errors(mine_out)
+    assert all(m < 3 * e + 1e-3 for m, e in zip(mine, sdpa)), (mine, sdpa)
+
+
+def test_row_mixes_short_and_long_examples(monkeypatch):
+    """Examples above SHORT_MAX take SDPA's kernel, the others the short kernel; one row, exact result."""
+    monkeypatch.setattr(attention, "SHORT_MAX", 20)
+    q, k, v = _qkv(1, 4, 2, 75, 8)
+    segments = ((0, 12), (12, 45), (45, 50), (50, 75))
+    module = types.SimpleNamespace(training=True)
+    out, _ = attention.segment_attention(module, q, k, v, None, scaling=0.25, **{attention.SEGMENTS_KEY: segments})
+    ref = _reference(q, k, v, segments, 0.25)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    dout = torch.randn_like(ref)
+    for a, w in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(ref, (q, k, v), dout)):
+        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
+
+
+def test_short_kernel_under_autocast_keeps_input_dtype():
+    q, k, v = _qkv(1, 2, 2, 10, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention._ShortCausalAttention.apply(q, k, v, 0.5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5))
+
+
+def test_unsupported_models_and_windows():
+    cfg = types.SimpleNamespace
+    assert attention.unsupported(cfg(), 2048) is None
+    assert attention.unsupported(cfg(sliding_window=4096), 2048) is None
+    assert attention.unsupported(cfg(sliding_window=512, use_sliding_window=False), 2048) is None
+    assert "sliding window" in attention.unsupported(cfg(sliding_window=512), 2048)
+    assert "soft-capping" in attention.unsupported(cfg(attn_logit_softcapping=50.0), 2048)
+    q, k, v = _qkv(1, 2, 2, 10, 8)
+    module = types.SimpleNamespace(training=False)
+    with pytest.raises(RuntimeError, match="sliding"):
+        attention.segment_attention(module, q, k, v, None, sliding_window=4,
+                                    **{attention.SEGMENTS_KEY: ((0, 3), (3, 10))})
+    out, _ = attention.segment_attention(module, q, k, v, None, sliding_window=8,
+                                         **{attention.SEGMENTS_KEY: ((0, 3), (3, 10))})
+    assert out.shape == (1, 10, 2, 8)
