@@ -1,5 +1,5 @@
-"""tunewise's per-example attention: the short-example CPU kernel against PyTorch's SDPA (values and
-gradients), mixed short and long examples in one row, and the models it must not be used for."""
+"""tunewise's per-example attention: the CPU kernel against PyTorch's SDPA (values and gradients, one
+and several query blocks, GQA), a packed row of examples, and the models it must not be used for."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def _reference(q, k, v, segments, scale):
     return torch.cat(outs, 2).transpose(1, 2)
 
 
+@pytest.mark.parametrize("chunk", [128, 5])
 @pytest.mark.parametrize("b,h,hkv,n", [(1, 6, 2, 37), (2, 4, 4, 9), (1, 3, 1, 1)])
-def test_short_kernel_matches_sdpa(b, h, hkv, n):
+def test_kernel_matches_sdpa(b, h, hkv, n, chunk, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
     q, k, v = _qkv(b, h, hkv, n, 16)
-    out = attention._ShortCausalAttention.apply(q, k, v, 0.3)
+    out = attention._CausalAttention.apply(q, k, v, 0.3)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=h != hkv)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     dout = torch.randn_like(ref)
@@ -39,9 +41,9 @@ def test_short_kernel_matches_sdpa(b, h, hkv, n):
         torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
 
 
-def test_short_kernel_in_bf16_is_as_close_as_sdpa():
-    """In bf16 the short kernel's error against an fp64 reference is of the same size as SDPA's own."""
-    q, k, v = _qkv(1, 9, 3, 150, 64)
+def test_kernel_in_bf16_is_as_close_as_sdpa():
+    """In bf16 the kernel's error against an fp64 reference is of the same size as SDPA's own."""
+    q, k, v = _qkv(1, 9, 3, 300, 64)  # three query blocks
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     dout = torch.randn_like(ref)
     want = torch.autograd.grad(ref, (q, k, v), dout)
@@ -53,15 +55,15 @@ def test_short_kernel_in_bf16_is_as_close_as_sdpa():
             float((gr.double() - w).abs().max() / w.abs().max()) for gr, w in zip(grads, want)]
 
     sdpa = errors(F.scaled_dot_product_attention(*low, is_causal=True, enable_gqa=True))
-    mine_out = attention._ShortCausalAttention.apply(*low, 64 ** -0.5)
+    mine_out = attention._CausalAttention.apply(*low, 64 ** -0.5)
     assert mine_out.dtype == torch.bfloat16
     mine = errors(mine_out)
     assert all(m < 3 * e + 1e-3 for m, e in zip(mine, sdpa)), (mine, sdpa)
 
 
-def test_row_mixes_short_and_long_examples(monkeypatch):
-    """Examples above SHORT_MAX take SDPA's kernel, the others the short kernel; one row, exact result."""
-    monkeypatch.setattr(attention, "SHORT_MAX", 20)
+def test_packed_row_matches_each_example_alone(monkeypatch):
+    """A row of examples (one or several query blocks each) = each example's own causal attention."""
+    monkeypatch.setattr(attention, "QUERY_CHUNK", 8)
     q, k, v = _qkv(1, 4, 2, 75, 8)
     segments = ((0, 12), (12, 45), (45, 50), (50, 75))
     module = types.SimpleNamespace(training=True)
@@ -73,10 +75,10 @@ def test_row_mixes_short_and_long_examples(monkeypatch):
         torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-10)
 
 
-def test_short_kernel_under_autocast_keeps_input_dtype():
+def test_kernel_under_autocast_keeps_input_dtype():
     q, k, v = _qkv(1, 2, 2, 10, 8, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attention._ShortCausalAttention.apply(q, k, v, 0.5)
+        out = attention._CausalAttention.apply(q, k, v, 0.5)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5))
 

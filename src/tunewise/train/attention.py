@@ -9,14 +9,16 @@ boundaries (``tunewise_segments``, a tuple of ``(start, end)`` pairs), and each 
 causal attention. Cost: Σ len² instead of T², and no mask in memory. Measured on the embedded model
 (LoRA, bf16, 2 CPU cores, a 1,536-token row of 192-token examples): 208 → 340 trained tokens/s.
 
-Which kernel an example gets: on CUDA, and for long examples, ``scaled_dot_product_attention(
-is_causal=True)`` (its fused flash kernel). On CPU, examples up to :data:`SHORT_MAX` tokens go
-through :class:`_ShortCausalAttention` instead: the whole ``[L, L]`` score matrix of a short example
-is small, so three matmuls and one fused softmax beat PyTorch's CPU flash kernel, whose backward is
-3–5× its forward at these lengths (measured, bf16, 2 cores, 9 query / 3 KV heads of 64: a row of
-8 × 189-token examples 43.5 → 19.8 ms forward + backward per layer; 640 tokens 87 → 74 ms; 1,024
-tokens 45 → 88 ms, hence the cut-off). It keeps only q, k and v for backward — what the flash
-kernel keeps, less its output and log-sum-exp — and recomputes the probabilities there.
+Which kernel an example gets: on CUDA (and with attention dropout), ``scaled_dot_product_attention(
+is_causal=True)``, whose fused flash kernel is the fastest there. On CPU, :class:`_CausalAttention`:
+per block of :data:`QUERY_CHUNK` query positions, one matmul for the scores with the causal mask added
+as a bias inside it (``baddbmm``), one fused softmax, one matmul with v; the backward recomputes the
+probabilities and uses PyTorch's fused softmax backward. Blocks skip the keys after their last query,
+so about half of the score matrix is never computed. PyTorch's CPU flash kernel is much slower at
+these sizes, its backward 3–5× its forward. Measured forward + backward per layer (bf16, 2 cores,
+9 query / 3 KV heads of 64): 128 tokens 3.6 → 1.5 ms, 512 tokens 17.9 → 8.5, 1,024 tokens 44 → 25,
+4,096 tokens 507 → 367. It keeps only q, k and v for backward (the flash kernel also keeps its output
+and log-sum-exp).
 
 Only the training model uses it (no KV cache, no padding): without boundaries it treats the input as
 one causal sequence, and it refuses anything else rather than attend wrongly.
@@ -24,40 +26,51 @@ one causal sequence, and it refuses anything else rather than attend wrongly.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 NAME = "tunewise_segments"
 SEGMENTS_KEY = "tunewise_segments"
-# CPU examples up to this many tokens use _ShortCausalAttention (see the module docstring).
-SHORT_MAX = 640
-
-_upper: dict[tuple[int, torch.device], torch.Tensor] = {}
+# Query positions per block of the CPU kernel (128 and 256 measured alike from 128 to 4,096 tokens).
+QUERY_CHUNK = 128
 
 
-def _causal_block(n: int, device: torch.device) -> torch.Tensor:
-    """[n, n] bool, True above the diagonal (the future), cached per length."""
-    key = (n, device)
-    mask = _upper.get(key)
-    if mask is None:
-        if len(_upper) > 4 * SHORT_MAX:
-            _upper.clear()
-        mask = _upper[key] = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
-    return mask
+@functools.lru_cache(maxsize=16)
+def _causal_bias(rows: int, keys: int, offset: int, groups: int, dtype: torch.dtype, device: torch.device):
+    """[groups·rows, keys]: 0 where query ``offset + r`` may see key ``j`` (j ≤ offset + r), else -inf."""
+    r = torch.arange(rows, device=device)[:, None] + offset
+    j = torch.arange(keys, device=device)[None, :]
+    bias = torch.zeros(rows, keys, dtype=dtype, device=device).masked_fill_(j > r, float("-inf"))
+    return bias.repeat(groups, 1)
 
 
-def _probs(q: torch.Tensor, k: torch.Tensor, groups: int) -> torch.Tensor:
-    """Causal softmax(q kᵀ) for q [G, groups·L, D] (already scaled) and k [G, L, D]."""
-    n = k.shape[1]
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    scores.view(k.shape[0], groups, n, n).masked_fill_(_causal_block(n, q.device), float("-inf"))
-    return torch.softmax(scores, dim=-1)
+def _blocks(n: int) -> list[tuple[int, int]]:
+    """Query blocks of at most QUERY_CHUNK positions, of near-equal size."""
+    count = -(-n // QUERY_CHUNK)
+    size = -(-n // count)
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-class _ShortCausalAttention(torch.autograd.Function):
+def _probs(q: torch.Tensor, k: torch.Tensor, a: int, c: int, groups: int) -> torch.Tensor:
+    """Causal softmax(q kᵀ) of query block [a, c): q [G, groups·(c-a), D] (scaled), k [G, ≥c, D]."""
+    bias = _causal_bias(c - a, c, a, groups, q.dtype, q.device)
+    return torch.softmax(torch.baddbmm(bias, q, k[:, :c].transpose(-1, -2)), dim=-1)
+
+
+def _scaled_folded(q: torch.Tensor, scale: float, kv_heads: int) -> torch.Tensor:
+    """q · scale as [B·Hkv, groups, L, D]: the query heads that share a KV head side by side."""
+    b, h, n, d = q.shape
+    out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+    torch.mul(q, scale, out=out)
+    return out.view(b * kv_heads, h // kv_heads, n, d)
+
+
+class _CausalAttention(torch.autograd.Function):
     """Causal attention of one example: q [B, H, L, D], k/v [B, Hkv, L, D] → [B, H, L, D].
 
-    The query heads that share a KV head are stacked along the sequence axis ([B·Hkv, groups·L, D]),
+    The query heads that share a KV head are stacked along the query axis ([B·Hkv, groups·rows, D]),
     so grouped-query attention needs no copies of k and v and their gradients no reduction.
     """
 
@@ -65,11 +78,14 @@ class _ShortCausalAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, scale):
         b, h, n, d = q.shape
         hkv = k.shape[1]
-        groups = h // hkv
+        g = h // hkv
         with torch.autocast(q.device.type, enabled=False):
-            qs = (q * scale).reshape(b * hkv, groups * n, d)
-            p = _probs(qs, k.reshape(b * hkv, n, d), groups)
-            out = torch.matmul(p, v.reshape(b * hkv, n, d))
+            qs = _scaled_folded(q, scale, hkv)
+            ks, vs = k.reshape(b * hkv, n, d), v.reshape(b * hkv, n, d)
+            out = torch.empty(b * hkv, g, n, d, dtype=q.dtype, device=q.device)
+            for a, c in _blocks(n):
+                p = _probs(qs[:, :, a:c].reshape(b * hkv, g * (c - a), d), ks, a, c, g)
+                out[:, :, a:c] = torch.bmm(p, vs[:, :c]).view(b * hkv, g, c - a, d)
         ctx.save_for_backward(q, k, v)
         ctx.scale = scale
         return out.view(b, h, n, d)
@@ -80,25 +96,33 @@ class _ShortCausalAttention(torch.autograd.Function):
         scale = ctx.scale
         b, h, n, d = q.shape
         hkv = k.shape[1]
-        groups = h // hkv
+        g = h // hkv
         with torch.autocast(q.device.type, enabled=False):
-            qs = (q * scale).reshape(b * hkv, groups * n, d)
-            ks = k.reshape(b * hkv, n, d)
-            vs = v.reshape(b * hkv, n, d)
-            p = _probs(qs, ks, groups)
-            do = dout.reshape(b * hkv, groups * n, d)
-            dv = torch.matmul(p.transpose(-1, -2), do)
-            ds = torch._softmax_backward_data(torch.matmul(do, vs.transpose(-1, -2)), p, -1, p.dtype)
-            del p
-            dq = torch.matmul(ds, ks).mul_(scale)
-            dk = torch.matmul(ds.transpose(-1, -2), qs)
-        return dq.view(b, h, n, d), dk.view(b, hkv, n, d), dv.view(b, hkv, n, d), None
+            qs = _scaled_folded(q, scale, hkv)
+            ks, vs = k.reshape(b * hkv, n, d), v.reshape(b * hkv, n, d)
+            do = dout.reshape(b * hkv, g, n, d)
+            dq = torch.empty(b * hkv, g, n, d, dtype=q.dtype, device=q.device)
+            # k and v gradients add up over query blocks: in fp32 for 16-bit inputs, as flash kernels do
+            acc = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
+            dk = torch.zeros(b * hkv, n, d, dtype=acc, device=k.device)
+            dv = torch.zeros(b * hkv, n, d, dtype=acc, device=v.device)
+            for a, c in _blocks(n):
+                rows = g * (c - a)
+                qc = qs[:, :, a:c].reshape(b * hkv, rows, d)
+                doc = do[:, :, a:c].reshape(b * hkv, rows, d)
+                p = _probs(qc, ks, a, c, g)
+                dv[:, :c] += torch.bmm(p.transpose(-1, -2), doc)
+                ds = torch._softmax_backward_data(torch.bmm(doc, vs[:, :c].transpose(-1, -2)), p, -1, p.dtype)
+                del p
+                dq[:, :, a:c] = torch.bmm(ds, ks[:, :c]).view(b * hkv, g, c - a, d)
+                dk[:, :c] += torch.bmm(ds.transpose(-1, -2), qc)
+            dq.mul_(scale)
+        return dq.view(b, h, n, d), dk.to(k.dtype).view(b, hkv, n, d), dv.to(v.dtype).view(b, hkv, n, d), None
 
 
 def _attend(query, key, value, scale: float, dropout: float, groups: int) -> torch.Tensor:
-    n = query.shape[2]
-    if query.device.type == "cpu" and n <= SHORT_MAX and dropout == 0.0 and query.dtype == key.dtype == value.dtype:
-        return _ShortCausalAttention.apply(query, key, value, scale)
+    if query.device.type == "cpu" and dropout == 0.0 and query.dtype == key.dtype == value.dtype:
+        return _CausalAttention.apply(query, key, value, scale)
     return F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout, scale=scale,
                                           enable_gqa=groups > 1)
 
