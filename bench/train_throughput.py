@@ -5,7 +5,8 @@ machine, most of it model loading and the held-out eval of each arm):
 
     .venv/bin/python bench/train_throughput.py                 # 4 optimizer steps per arm
     .venv/bin/python bench/train_throughput.py --steps 10      # steadier figures, ~2.5x longer
-    .venv/bin/python bench/train_throughput.py --arms plain,tunewise,tunewise-mb2,tunewise-768
+    .venv/bin/python bench/train_throughput.py --rounds 3      # every arm 3 times, interleaved
+    .venv/bin/python bench/train_throughput.py --arms plain,tunewise,tunewise-whole,tunewise-mb2
     .venv/bin/python bench/train_throughput.py --model /path/to/hf-dir --json out.json
 
 Both arms fine-tune the embedded model (SmolLM2-135M-Instruct) with LoRA r=16, alpha=16 on
@@ -38,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,14 +57,17 @@ EFFECTIVE_BATCH = 8
 LEARNING_RATE = 2e-4
 SEED = 42
 
-# tunewise's fastest settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
-# optimizer step in one flattened padding-free row (no accumulation; each example gets its own
-# attention call), bf16 weights (this CPU has bf16 matmul), no gradient checkpointing, lean
-# activations (the default); the loss only computes logits at response tokens and keeps none.
+# tunewise's best settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
+# optimizer step in one flattened padding-free micro-batch (no accumulation; each example gets its
+# own attention call), run in pieces of at most 768 tokens (whole examples, one optimizer step: the
+# memory of a short micro-batch at nearly the speed of the whole row), bf16 weights (this CPU has
+# bf16 matmul), no gradient checkpointing, lean activations (the default); the loss only computes
+# logits at response tokens and keeps none.
 TUNEWISE_SETTINGS = {
     "packing": False,
     "micro_batch_size": 8,
     "gradient_accumulation_steps": 1,
+    "micro_batch_tokens": 768,
     "precision": "bf16",
     "gradient_checkpointing": False,
 }
@@ -70,8 +75,9 @@ TUNEWISE_SETTINGS = {
 # TUNEWISE_SETTINGS with these changes, compared against the same plain arm.
 VARIANTS = {
     "tunewise": {},
-    "tunewise-mb2": {"micro_batch_size": 2, "gradient_accumulation_steps": 4},  # the plain arm's split
-    "tunewise-768": {"micro_batch_tokens": 768},  # 8 examples, run in pieces of <= 768 tokens
+    "tunewise-whole": {"micro_batch_tokens": None},  # the 8 examples as one piece (fastest, more memory)
+    "tunewise-mb2": {"micro_batch_size": 2, "gradient_accumulation_steps": 4,  # the plain arm's split
+                     "micro_batch_tokens": None},
     "tunewise-ckpt": {"gradient_checkpointing": True},
 }
 
@@ -333,6 +339,15 @@ def mean_example_len(model_dir: str, train_file: Path) -> float:
     return sum(len(e.input_ids) for e in exs) / len(exs)
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One arm over several rounds: median speed figures, the largest peak memory, round 1's eval."""
+    out = dict(runs[0])
+    for key in ("tokens_per_s", "loss_tokens_per_s", "tokens_per_cpu_s", "mfu", "seconds"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    return out
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -348,6 +363,9 @@ def main() -> None:
                     help="override one of TUNEWISE_SETTINGS (YAML value), e.g. precision=fp32")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out eval loss (quick probes)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the list of arms this many times, interleaved (plain, tunewise, plain, ...); "
+                         "speed = the median over rounds, each round's ratio against its own plain arm")
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_work", help=argparse.SUPPRESS)
     ap.add_argument("--_overrides", default="{}", help=argparse.SUPPRESS)
@@ -386,43 +404,56 @@ def main() -> None:
     mean_len = mean_example_len(args.model, train_file)
     fpt, n_matmul = model_flops_per_token(args.model, mean_len)
 
-    results: dict[str, dict] = {}
-    for name in arms:
-        print(f"\n== {name}: training {args.steps} optimizer steps ...", flush=True)
-        info = spawn_arm(name, args.model, work, args.steps, overrides)
-        info["eval_loss"], info["eval_tokens"] = (
-            (float("nan"), 0) if args.no_eval else eval_loss(args.model, info["adapter"], eval_file))
-        info["tokens_per_s"] = info["tokens"] / info["seconds"]
-        info["loss_tokens_per_s"] = info["loss_tokens"] / info["seconds"]
-        info["tokens_per_cpu_s"] = info["tokens"] / info["cpu_seconds"]
-        info["mfu"] = info["tokens_per_s"] * fpt / peaks[info["compute_dtype"]]
-        results[name] = info
-        print(f"   {info['tokens']} tokens ({info['loss_tokens']} loss-bearing) in {info['seconds']:.1f} s; "
-              f"peak RSS {gib(info['peak_rss_bytes'])}; eval loss {info['eval_loss']:.4f}", flush=True)
+    rounds: list[dict[str, dict]] = []
+    for rnd in range(args.rounds):
+        results: dict[str, dict] = {}
+        for name in arms:
+            label = name if args.rounds == 1 else f"{name} (round {rnd + 1}/{args.rounds})"
+            print(f"\n== {label}: training {args.steps} optimizer steps ...", flush=True)
+            info = spawn_arm(name, args.model, work, args.steps, overrides)
+            info["eval_loss"], info["eval_tokens"] = (
+                (float("nan"), 0) if args.no_eval or rnd > 0 else eval_loss(args.model, info["adapter"], eval_file))
+            info["tokens_per_s"] = info["tokens"] / info["seconds"]
+            info["loss_tokens_per_s"] = info["loss_tokens"] / info["seconds"]
+            info["tokens_per_cpu_s"] = info["tokens"] / info["cpu_seconds"]
+            info["mfu"] = info["tokens_per_s"] * fpt / peaks[info["compute_dtype"]]
+            results[name] = info
+            print(f"   {info['tokens']} tokens ({info['loss_tokens']} loss-bearing) in {info['seconds']:.1f} s "
+                  f"({info['tokens_per_s']:.1f} tokens/s); peak RSS {gib(info['peak_rss_bytes'])}; "
+                  f"eval loss {info['eval_loss']:.4f}", flush=True)
+        rounds.append(results)
 
     print(f"\nLoRA r={LORA_R} alpha={LORA_ALPHA} on {','.join(TARGETS)}; seq len {SEQ_LEN}; "
           f"{EFFECTIVE_BATCH} examples/step; lr {LEARNING_RATE}; {args.steps} steps; "
-          f"mean example {mean_len:.0f} tokens; {fpt / 1e9:.2f} GFLOP/token (N={n_matmul / 1e6:.1f}M)")
-    header = f"{'arm':<14}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
+          f"mean example {mean_len:.0f} tokens; {fpt / 1e9:.2f} GFLOP/token (N={n_matmul / 1e6:.1f}M)"
+          + (f"; {args.rounds} rounds: medians, peak RSS the largest" if args.rounds > 1 else ""))
+    summary = {name: summarise([r[name] for r in rounds]) for name in arms}
+    header = f"{'arm':<15}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
     print(header)
     print("-" * len(header))
-    for name, r in results.items():
-        print(f"{name:<14}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{r['loss_tokens_per_s']:>12.1f}{gib(r['peak_rss_bytes']):>12}"
-              f"{r['eval_loss']:>11.4f}{r['mfu'] * 100:>7.1f}%  {r['compute_dtype']} {r['settings']}")
+    for name, r in summary.items():
+        print(f"{name:<15}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{r['loss_tokens_per_s']:>12.1f}"
+              f"{gib(r['peak_rss_bytes']):>12}{r['eval_loss']:>11.4f}{r['mfu'] * 100:>7.1f}%  {r['compute_dtype']} "
+              f"{r['settings']}")
     verdict = {}
-    for name in [n for n in results if n != "plain"] if "plain" in results else []:
-        a, b = results["plain"], results[name]
-        speed = b["tokens_per_s"] / a["tokens_per_s"]
-        mem = b["peak_rss_bytes"] / a["peak_rss_bytes"]
-        loss = b["eval_loss"] / a["eval_loss"] - 1
+    for name in [n for n in arms if n != "plain"] if "plain" in arms else []:
+        speeds = [r[name]["tokens_per_s"] / r["plain"]["tokens_per_s"] for r in rounds]
+        mems = [r[name]["peak_rss_bytes"] / r["plain"]["peak_rss_bytes"] for r in rounds]
+        speed, mem = statistics.median(speeds), max(mems)
+        loss = summary[name]["eval_loss"] / summary["plain"]["eval_loss"] - 1
         verdict[name] = {"speedup": speed, "memory_ratio": mem, "eval_loss_change": loss,
+                         "speedup_per_round": speeds, "memory_ratio_per_round": mems,
                          "speed_ok": speed >= 3, "memory_ok": mem <= 0.6, "loss_ok": loss <= 0.03}
+        spread = (f" (rounds: {', '.join(f'{x:.2f}x' for x in speeds)}; memory {', '.join(f'{x:.2f}x' for x in mems)})"
+                  if len(rounds) > 1 else "")
         print(f"\n{name} vs plain: {speed:.2f}x tokens/s (target >= 3x: {'PASS' if speed >= 3 else 'FAIL'}), "
               f"{mem:.2f}x peak memory (target <= 0.6x: {'PASS' if mem <= 0.6 else 'FAIL'}), "
-              f"eval loss {loss * 100:+.2f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'})")
+              f"eval loss {loss * 100:+.2f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'}){spread}")
+    results = summary
     if args.json:
-        args.json.write_text(json.dumps({"steps": args.steps, "peaks_flops": peaks, "mean_len": mean_len,
-                                         "flops_per_token": fpt, "arms": results, "verdict": verdict},
+        args.json.write_text(json.dumps({"steps": args.steps, "rounds": args.rounds, "peaks_flops": peaks,
+                                         "mean_len": mean_len, "flops_per_token": fpt, "arms": results,
+                                         "per_round": rounds, "verdict": verdict},
                                         indent=1), encoding="utf-8")
 
 
