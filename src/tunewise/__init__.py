@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 # built-in CPU path works, so its warning about that is noise. Set before anything imports it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # PyTorch's CPU kernels keep a compiled kernel per matrix shape (oneDNN primitives, ideep's LRU
-# cache, the flash-attention kernels' GEMMs). Training rows change length every micro-batch, so with
-# the defaults (1024 entries each) a CPU run's memory grows by ~1 MB per new row length for matmuls
-# and ~5 MB per new example length for attention, to several GB over a long run. These caps keep it
+# cache). Training rows change length every micro-batch, so with the defaults (1024 entries each) a
+# CPU run's memory grew by ~1 MB per new row length for matmuls and ~5 MB per new example length for
+# attention (measured with PyTorch's CPU flash-attention kernel), to several GB over a long run. These caps keep it
 # at ~0.1 GB with no measurable slowdown (bench/train_throughput.py). They are read when torch first
 # builds such a kernel, so they are set before tunewise imports torch; a value already in the
 # environment wins.

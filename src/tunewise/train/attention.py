@@ -60,12 +60,14 @@ def _probs(q: torch.Tensor, k: torch.Tensor, a: int, c: int, groups: int) -> tor
     return torch.softmax(torch.baddbmm(bias, q, k[:, :c].transpose(-1, -2)), dim=-1)
 
 
-def _scaled_folded(q: torch.Tensor, scale: float, kv_heads: int) -> torch.Tensor:
-    """q · scale as [B·Hkv, groups, L, D]: the query heads that share a KV head side by side."""
+def _fold(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """q · scale as [B·Hkv, groups, L, D] (the query heads that share a KV head side by side), k and v
+    as [B·Hkv, L, D]."""
     b, h, n, d = q.shape
-    out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
-    torch.mul(q, scale, out=out)
-    return out.view(b * kv_heads, h // kv_heads, n, d)
+    hkv = k.shape[1]
+    qs = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+    torch.mul(q, scale, out=qs)
+    return qs.view(b * hkv, h // hkv, n, d), k.reshape(b * hkv, n, d), v.reshape(b * hkv, n, d)
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -77,48 +79,42 @@ class _CausalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        b, h, n, d = q.shape
-        hkv = k.shape[1]
-        g = h // hkv
         with torch.autocast(q.device.type, enabled=False):
-            qs = _scaled_folded(q, scale, hkv)
-            ks, vs = k.reshape(b * hkv, n, d), v.reshape(b * hkv, n, d)
-            out = torch.empty(b * hkv, g, n, d, dtype=q.dtype, device=q.device)
+            qs, ks, vs = _fold(q, k, v, scale)
+            heads, g, n, d = qs.shape
+            out = torch.empty_like(qs)
             for a, c in _blocks(n):
-                p = _probs(qs[:, :, a:c].reshape(b * hkv, g * (c - a), d), ks, a, c, g)
-                out[:, :, a:c] = torch.bmm(p, vs[:, :c]).view(b * hkv, g, c - a, d)
+                p = _probs(qs[:, :, a:c].reshape(heads, g * (c - a), d), ks, a, c, g)
+                out[:, :, a:c] = torch.bmm(p, vs[:, :c]).view(heads, g, c - a, d)
         ctx.save_for_backward(q, k, v)
         ctx.scale = scale
-        return out.view(b, h, n, d)
+        return out.view(q.shape)
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v = ctx.saved_tensors
         scale = ctx.scale
-        b, h, n, d = q.shape
-        hkv = k.shape[1]
-        g = h // hkv
         with torch.autocast(q.device.type, enabled=False):
-            qs = _scaled_folded(q, scale, hkv)
-            ks, vs = k.reshape(b * hkv, n, d), v.reshape(b * hkv, n, d)
-            do = dout.reshape(b * hkv, g, n, d)
-            dq = torch.empty(b * hkv, g, n, d, dtype=q.dtype, device=q.device)
+            qs, ks, vs = _fold(q, k, v, scale)
+            heads, g, n, d = qs.shape
+            do = dout.reshape(qs.shape)
+            dq = torch.empty_like(qs)
             # k and v gradients add up over query blocks: in fp32 for 16-bit inputs, as flash kernels do
             acc = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-            dk = torch.zeros(b * hkv, n, d, dtype=acc, device=k.device)
-            dv = torch.zeros(b * hkv, n, d, dtype=acc, device=v.device)
+            dk = torch.zeros(ks.shape, dtype=acc, device=k.device)
+            dv = torch.zeros(vs.shape, dtype=acc, device=v.device)
             for a, c in _blocks(n):
                 rows = g * (c - a)
-                qc = qs[:, :, a:c].reshape(b * hkv, rows, d)
-                doc = do[:, :, a:c].reshape(b * hkv, rows, d)
+                qc = qs[:, :, a:c].reshape(heads, rows, d)
+                doc = do[:, :, a:c].reshape(heads, rows, d)
                 p = _probs(qc, ks, a, c, g)
                 dv[:, :c] += torch.bmm(p.transpose(-1, -2), doc)
                 ds = torch._softmax_backward_data(torch.bmm(doc, vs[:, :c].transpose(-1, -2)), p, -1, p.dtype)
                 del p
-                dq[:, :, a:c] = torch.bmm(ds, ks[:, :c]).view(b * hkv, g, c - a, d)
+                dq[:, :, a:c] = torch.bmm(ds, ks[:, :c]).view(heads, g, c - a, d)
                 dk[:, :c] += torch.bmm(ds.transpose(-1, -2), qc)
             dq.mul_(scale)
-        return dq.view(b, h, n, d), dk.to(k.dtype).view(b, hkv, n, d), dv.to(v.dtype).view(b, hkv, n, d), None
+        return dq.view(q.shape), dk.to(k.dtype).view(k.shape), dv.to(v.dtype).view(v.shape), None
 
 
 def _attend(query, key, value, scale: float, dropout: float, groups: int) -> torch.Tensor:
