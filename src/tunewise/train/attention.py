@@ -16,8 +16,8 @@ as a bias inside it (``baddbmm``), one fused softmax, one matmul with v; the bac
 probabilities and uses PyTorch's fused softmax backward. Blocks skip the keys after their last query,
 so about half of the score matrix is never computed. PyTorch's CPU flash kernel is much slower at
 these sizes, its backward 3–5× its forward. Measured forward + backward per layer (bf16, 2 cores,
-9 query / 3 KV heads of 64): 128 tokens 3.6 → 1.5 ms, 512 tokens 17.9 → 8.5, 1,024 tokens 44 → 25,
-4,096 tokens 507 → 367. It keeps only q, k and v for backward (the flash kernel also keeps its output
+9 query / 3 KV heads of 64; bench/attention_cpu.py): 128 tokens 2.5 → 1.2 ms, 512 tokens 17.3 → 8.5,
+1,024 tokens 42 → 27, 4,096 tokens 518 → 377. It keeps only q, k and v for backward (the flash kernel also keeps its output
 and log-sum-exp).
 
 Only the training model uses it (no KV cache, no padding): without boundaries it treats the input as
