@@ -31,8 +31,8 @@ def _reference(q, k, v, segments, scale):
 def test_kernel_matches_sdpa(b, h, hkv, n, chunk, monkeypatch):
     monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
     q, k, v = _qkv(b, h, hkv, n, 16)
-    out = attention._CausalAttention.apply(q, k, v, 0.3)
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=h != hkv)
+    out = attention._CausalAttention.apply(q, k, v, 0.3, ((0, n),))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=h != hkv).transpose(1, 2)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     dout = torch.randn_like(ref)
     got = torch.autograd.grad(out, (q, k, v), dout)
@@ -44,7 +44,7 @@ def test_kernel_matches_sdpa(b, h, hkv, n, chunk, monkeypatch):
 def test_kernel_in_bf16_is_as_close_as_sdpa():
     """In bf16 the kernel's error against an fp64 reference is of the same size as SDPA's own."""
     q, k, v = _qkv(1, 9, 3, 300, 64)  # three query blocks
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
     dout = torch.randn_like(ref)
     want = torch.autograd.grad(ref, (q, k, v), dout)
     low = [x.detach().bfloat16().requires_grad_() for x in (q, k, v)]
@@ -54,8 +54,8 @@ def test_kernel_in_bf16_is_as_close_as_sdpa():
         return [float((out.detach().double() - ref.detach()).abs().max())] + [
             float((gr.double() - w).abs().max() / w.abs().max()) for gr, w in zip(grads, want)]
 
-    sdpa = errors(F.scaled_dot_product_attention(*low, is_causal=True, enable_gqa=True))
-    mine_out = attention._CausalAttention.apply(*low, 64 ** -0.5)
+    sdpa = errors(F.scaled_dot_product_attention(*low, is_causal=True, enable_gqa=True).transpose(1, 2))
+    mine_out = attention._CausalAttention.apply(*low, 64 ** -0.5, ((0, 300),))
     assert mine_out.dtype == torch.bfloat16
     mine = errors(mine_out)
     assert all(m < 3 * e + 1e-3 for m, e in zip(mine, sdpa)), (mine, sdpa)
@@ -78,9 +78,17 @@ def test_packed_row_matches_each_example_alone(monkeypatch):
 def test_kernel_under_autocast_keeps_input_dtype():
     q, k, v = _qkv(1, 2, 2, 10, 8, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attention._CausalAttention.apply(q, k, v, 0.5)
+        out = attention._CausalAttention.apply(q, k, v, 0.5, ((0, 10),))
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5))
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5).transpose(1, 2))
+
+
+def test_spans_must_tile_the_row():
+    q, k, v = _qkv(1, 2, 2, 10, 8)
+    module = types.SimpleNamespace(training=True)
+    for bad in (((0, 4), (5, 10)), ((0, 4), (4, 9)), ((1, 10),), ((0, 0), (0, 10))):
+        with pytest.raises(RuntimeError, match="do not tile"):
+            attention.segment_attention(module, q, k, v, None, **{attention.SEGMENTS_KEY: bad})
 
 
 def test_unsupported_models_and_windows():

@@ -89,3 +89,24 @@ def test_head_is_restored_and_a_batch_without_labels_is_zero(model):
     total, n = summed_loss(model, batch)
     assert n == 0 and float(total.detach()) == 0.0
     assert model.lm_head is head
+
+
+@pytest.mark.parametrize("hidden_dtype,weight_dtype", [(torch.float32, torch.bfloat16), (torch.float64, torch.float64)])
+def test_frozen_head_function_in_chunks(hidden_dtype, weight_dtype):
+    """The frozen-head function against autograd through full logits: chunks that do not divide the
+    rows, and hidden states in another dtype than the head (accelerate's fp32 outputs)."""
+    g = torch.Generator().manual_seed(4)
+    weight = (torch.randn(50, 8, generator=g) * 0.5).to(weight_dtype)
+    hidden = torch.randn(13, 8, generator=g, dtype=hidden_dtype, requires_grad=True)
+    targets = torch.randint(0, 50, (13,), generator=g)
+    upstream = torch.linspace(0.5, 2.0, 13, dtype=torch.float32)
+    losses = loss_mod._FrozenHeadCE.apply(hidden, weight, targets, 5)
+    (grad,) = torch.autograd.grad((losses * upstream).sum(), hidden)
+    assert losses.dtype == torch.float32 and grad.dtype == hidden_dtype
+    ref_hidden = hidden.detach().to(weight_dtype).double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(ref_hidden @ weight.double().t(), targets, reduction="none")
+    (ref_grad,) = torch.autograd.grad((ref * upstream.double()).sum(), ref_hidden)
+    # the log-softmax runs in fp32 (as the rest of training's loss does), whatever the head's dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if weight_dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(losses.double(), ref, **tol)
+    torch.testing.assert_close(grad.double(), ref_grad, **tol)

@@ -49,7 +49,7 @@ DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fin
 # machine (quiet, bf16) measured 0.51 without and 0.56 with gradient checkpointing (in this module's
 # FLOPs per token); bench/estimate_vs_measured.py then checks other shapes against it (docs/advise.md).
 DEFAULT_CPU_UTILISATION = 0.5
-FUSED_LOSS_CHUNK_BYTES = 16 * 2**20  # tunewise.train.loss.FROZEN_CHUNK_BYTES
+FUSED_LOSS_CHUNK_BYTES = 32 * 2**20 - 2**16  # tunewise.train.loss.FROZEN_CHUNK_BYTES
 # Working memory of a CPU training process beyond the modelled tensors (Trainer and data loader,
 # tokenized data, oneDNN scratch space, autocast's weight casts): calibrated on the same bench
 # (0.27 GB with and without checkpointing at seq 512 x 2), checked on two other shapes. It excludes
@@ -306,10 +306,11 @@ def estimate_memory(shape: ModelShape, method: Method, setup: TrainingSetup | No
         activations += tokens * layers_kept * 2 * shape.hidden * 4
     fp32_copy = 0 if cb >= 4 else 4
     if s.fused_loss and method != "full":
-        # one chunk of logits at a time: the 16-bit matmul output, its fp32 copy, the probabilities
-        # cast back for the gradient matmul; plus the kept gradient w.r.t. the hidden states
+        # one chunk of logits at a time in two reused buffers: the matmul output in the compute dtype
+        # (later the probabilities cast back for the gradient matmul) and an fp32 one for the
+        # log-softmax (the same buffer in fp32); plus the kept gradient w.r.t. the hidden states
         chunk_tokens = max(16, FUSED_LOSS_CHUNK_BYTES // (4 * shape.vocab))
-        logits = min(tokens, chunk_tokens) * shape.vocab * (cb + 4 + cb) + tokens * shape.hidden * cb
+        logits = min(tokens, chunk_tokens) * shape.vocab * (cb + fp32_copy) + tokens * shape.hidden * cb
     else:
         logits = tokens * shape.vocab * (cb + fp32_copy + 4 + 4)
     overhead = s.runtime_overhead_gb * GB

@@ -23,9 +23,11 @@ from tunewise.train.attention import SEGMENTS_KEY
 IGNORE = -100
 # Above this many bytes of fp32 logits, chunks are recomputed in backward instead of kept.
 CHUNK_BYTES = 256 * 2**20
-# Logit chunk size for the frozen-head path (nothing is kept, so small chunks cost nothing). Under
-# 32 MiB, glibc serves the buffers from its heap instead of a fresh mmap (page faults) per chunk.
-FROZEN_CHUNK_BYTES = 16 * 2**20
+# fp32 logits per chunk on the frozen-head path (nothing is kept). Bigger chunks run the two head
+# matmuls faster (bf16, 2 cores, vocab 49,152: 85 rows 324 and 251 GFLOP/s, 170 rows ~375 and ~325);
+# kept under glibc's largest mmap threshold (32 MiB) so the buffers come from its heap, not from fresh
+# pages every micro-batch.
+FROZEN_CHUNK_BYTES = 32 * 2**20 - 2**16
 
 
 class _Passthrough(nn.Module):
@@ -97,19 +99,35 @@ class _FrozenHeadCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):
-        n = hidden.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
         h = hidden.to(weight.dtype)
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        for i in range(0, n, chunk):
-            t = targets[i : i + chunk]
-            logp = torch.log_softmax((h[i : i + chunk] @ weight.t()).float(), dim=-1)
-            losses[i : i + chunk] = -logp.gather(1, t[:, None]).squeeze(1)
-            if grad is not None:
-                probs = logp.exp_()
-                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                grad[i : i + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logp
+        rows = min(chunk, n)
+        # two buffers for every chunk: the logits in the weight's dtype (later the gradient of the
+        # logits, the right operand of the second matmul) and the fp32 log-probabilities, worked on
+        # in place (no temporaries of [rows, vocab])
+        logits = torch.empty(rows, vocab, dtype=weight.dtype, device=hidden.device)
+        shared = weight.dtype == torch.float32
+        work = logits if shared else torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+        for i in range(0, n, rows):
+            m = min(rows, n - i)
+            t, lg, lp = targets[i : i + m], logits[:m], work[:m]
+            torch.mm(h[i : i + m], weight.t(), out=lg)
+            if not shared:
+                lp.copy_(lg)
+            torch._log_softmax(lp, -1, False, out=lp)
+            torch.neg(lp.gather(1, t[:, None]).squeeze(1), out=losses[i : i + m])
+            if grad is None:
+                continue
+            probs = lp.exp_()
+            probs[torch.arange(m, device=t.device), t] -= 1.0  # d(loss)/d(logits) = softmax - onehot
+            if not shared:
+                lg.copy_(probs)
+            if grad.dtype == weight.dtype:
+                torch.mm(lg, weight, out=grad[i : i + m])
+            else:
+                grad[i : i + m] = lg @ weight
         ctx.save_for_backward(grad)
         return losses
 
