@@ -17,8 +17,8 @@ as a bias inside it (``baddbmm``), one fused softmax, one matmul with v; the bac
 probabilities and uses PyTorch's fused softmax backward. Blocks skip the keys after their last query,
 so about half of the score matrix is never computed. PyTorch's CPU flash kernel is much slower at
 these sizes, its backward 3–5× its forward. Measured forward + backward per layer (bf16, 2 cores,
-9 query / 3 KV heads of 64; bench/attention_cpu.py): 128 tokens 2.5 → 1.2 ms, 512 tokens 17.3 → 8.5,
-1,024 tokens 42 → 27, 4,096 tokens 518 → 377. It keeps only q, k and v for backward (the flash kernel also keeps its output
+9 query / 3 KV heads of 64; bench/attention_cpu.py --reps 20): 128 tokens 2.53 → 1.25 ms, 512 tokens
+17.5 → 8.4, 1,024 tokens 42 → 25, 4,096 tokens 506 → 374. It keeps only q, k and v for backward (the flash kernel also keeps its output
 and log-sum-exp). Handling the whole row in one node instead of one call per example saves autograd's
 per-example slicing, concatenation and gradient scatter: a row of 8 examples (1,694 tokens), forward +
 backward, 31 → 26 ms per layer; 12 examples of 60 tokens 11.8 → 7.6 ms.
