@@ -59,7 +59,7 @@ SEED = 42
 
 # tunewise's best settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
 # optimizer step in one flattened padding-free micro-batch (no accumulation; each example gets its
-# own attention call), run in pieces of at most 768 tokens (whole examples, one optimizer step: the
+# own causal attention), run in pieces of at most 768 tokens (whole examples, one optimizer step: the
 # memory of a short micro-batch at nearly the speed of the whole row), bf16 weights (this CPU has
 # bf16 matmul), no gradient checkpointing, lean activations (the default); the loss only computes
 # logits at response tokens and keeps none.
@@ -389,6 +389,8 @@ def main() -> None:
     unknown = [a for a in arms if a != "plain" and a not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {', '.join(unknown)}: use plain, {', '.join(VARIANTS)}")
+    if args.rounds < 1 or args.steps < 1:
+        raise SystemExit("--rounds and --steps must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="tunewise-bench-"))
     train_file, eval_file = split_data(work, args.eval_rows)
     write_plain_rows(train_file)
@@ -449,10 +451,9 @@ def main() -> None:
         print(f"\n{name} vs plain: {speed:.2f}x tokens/s (target >= 3x: {'PASS' if speed >= 3 else 'FAIL'}), "
               f"{mem:.2f}x peak memory (target <= 0.6x: {'PASS' if mem <= 0.6 else 'FAIL'}), "
               f"eval loss {loss * 100:+.2f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'}){spread}")
-    results = summary
     if args.json:
         args.json.write_text(json.dumps({"steps": args.steps, "rounds": args.rounds, "peaks_flops": peaks,
-                                         "mean_len": mean_len, "flops_per_token": fpt, "arms": results,
+                                         "mean_len": mean_len, "flops_per_token": fpt, "arms": summary,
                                          "per_round": rounds, "verdict": verdict},
                                         indent=1), encoding="utf-8")
 

@@ -687,10 +687,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
     # lives until training ends, so the garbage collector need not scan it again: without this, the
     # full collection accelerate runs at the start of train() took 0.3 s on the embedded model and
     # every automatic full collection during training would rescan it all.
-    gc.freeze()
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        gc.unfreeze()
+        gc.freeze()
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            gc.unfreeze()
         adapter_dir, model_dir = save_final(trainer, cfg, tokenizer, out)
         eval_loss = None
         if data.eval is not None:
@@ -712,7 +714,6 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
             raise oom_error(cfg) from None
         raise
     finally:
-        gc.unfreeze()
         if progress_cb is not None:
             progress_cb.close()
 
