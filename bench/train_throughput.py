@@ -28,9 +28,17 @@ child's own ``ru_maxrss``) belongs to that arm alone. Measured identically in bo
 are not padding; loss-bearing tokens = those with a label; time = the ``Trainer.train()`` call.
 Afterwards one shared function computes the eval loss of both adapters: the mean cross-entropy
 per response token over the held-out slice (full-vocabulary logits, fp32, one example at a time).
-MFU = model FLOPs per second / the matmul peak measured at the start of this run (bf16 and fp32).
-Model FLOPs per trained token use the usual 6N + 12·L·d·T rule (N = weights used in matmuls,
-T = mean example length), the same formula for both arms.
+MFU = model FLOPs per second / the best matmul rate measured at the start of this run over a few
+shapes (tunewise.estimate.PEAK_SHAPES), in the arm's compute dtype. Model FLOPs per trained token are
+what LoRA really needs (tunewise.estimate.model_flops_per_token): frozen weights forward + input
+gradient (4N), the adapters 6P, the output head only at loss-bearing tokens, causal attention per
+example (6·L·q·Σl²/Σl); no recomputation. The same formula for every arm.
+
+Precision follows the CPU (tunewise.hardware): where it has bf16 matmul (AVX-512 BF16, AMX) tunewise
+trains in bf16 and the plain arm keeps TRL's bf16 default; where bf16 is only emulated (AVX2) both
+compute in fp32 (TRL's default there is ~300x slower per matmul, so its users set bf16=False). The
+CPU line (model, kind, cores, flags) is printed and recorded in --json. ``--isa avx2`` emulates an
+AVX2-only CPU on a newer one (caps oneDNN, MKL, ATen and tunewise); such figures are labelled so.
 """
 
 from __future__ import annotations
@@ -60,15 +68,15 @@ SEED = 42
 # tunewise's best settings on a CPU machine (see docs/train_bench.md): the 8 examples of an
 # optimizer step in one flattened padding-free micro-batch (no accumulation; each example gets its
 # own causal attention), run in pieces of at most 768 tokens (whole examples, one optimizer step: the
-# memory of a short micro-batch at nearly the speed of the whole row), bf16 weights (this CPU has
-# bf16 matmul), no gradient checkpointing, lean activations (the default); the loss only computes
+# memory of a short micro-batch at nearly the speed of the whole row), precision auto (bf16 weights
+# where the CPU computes bf16 natively, fp32 where bf16 is only emulated), no gradient checkpointing, lean activations (the default); the loss only computes
 # logits at response tokens and keeps none.
 TUNEWISE_SETTINGS = {
     "packing": False,
     "micro_batch_size": 8,
     "gradient_accumulation_steps": 1,
     "micro_batch_tokens": 768,
-    "precision": "bf16",
+    "precision": "auto",  # bf16 where the CPU has bf16 matmul (AVX-512 BF16, AMX), else fp32
     "gradient_checkpointing": False,
 }
 # Other settings worth measuring in the same run (--arms plain,tunewise,tunewise-mb2,...): each is
@@ -151,8 +159,10 @@ def split_data(work: Path, eval_rows: int) -> tuple[Path, Path]:
     return work / "train.json", work / "eval.json"
 
 
-def arm_plain(model_dir: str, train_file: Path, out: Path, steps: int, meter: Meter) -> dict:
-    """TRL SFTTrainer + PEFT, TRL defaults apart from what the comparison fixes."""
+def arm_plain(model_dir: str, train_file: Path, out: Path, steps: int, meter: Meter, bf16: bool) -> dict:
+    """TRL SFTTrainer + PEFT, TRL defaults apart from what the comparison fixes. ``bf16``: TRL's
+    default (bf16 autocast) where the CPU computes bf16 natively; where it only emulates bf16 (AVX2)
+    that default is ~300x slower than fp32 per matmul, so a TRL user there ends up with bf16=False."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -176,6 +186,7 @@ def arm_plain(model_dir: str, train_file: Path, out: Path, steps: int, meter: Me
         report_to="none",
         logging_steps=1,
         disable_tqdm=True,
+        bf16=bf16,
         # TRL's bf16=True default refuses a CPU-only machine unless told to use it (its error says so).
         use_cpu=not torch.cuda.is_available(),
     )
@@ -224,6 +235,10 @@ def arm_tunewise(model_dir: str, train_file: Path, out: Path, steps: int, meter:
     )
     result = train(cfg, progress=False, overwrite=True)
     dtype = settings.get("precision", "auto")
+    if dtype == "auto":
+        from tunewise.models import bf16_native
+
+        dtype = "bf16" if bf16_native() else "fp32"
     return {"adapter": str(result.adapter_dir), "compute_dtype": "bf16" if dtype == "bf16" else "fp32",
             "settings": settings, "tunewise_reported_tokens_per_second": result.tokens_per_second}
 
@@ -239,7 +254,7 @@ def run_arm(name: str, model_dir: str, work: Path, steps: int, result_file: Path
     out.mkdir(parents=True, exist_ok=True)
     train_file = work / "train.json"
     if name == "plain":
-        info = arm_plain(model_dir, train_file, out, steps, meter)
+        info = arm_plain(model_dir, train_file, out, steps, meter, bool(overrides.get("bf16", True)))
     else:
         info = arm_tunewise(model_dir, train_file, out, steps, meter, {**VARIANTS[name], **overrides})
     info.update(
@@ -315,37 +330,44 @@ def eval_loss(model_dir: str, adapter: str, eval_file: Path) -> tuple[float, int
     return total / count, count
 
 
-def model_flops_per_token(model_dir: str, mean_len: float) -> tuple[float, int]:
-    """6N + 12·L·d·T (PaLM's MFU rule): N = weights in matmuls (incl. the output head)."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model_dir)
-    d, L, ff = c.hidden_size, c.num_hidden_layers, c.intermediate_size
-    head_dim = getattr(c, "head_dim", None) or d // c.num_attention_heads
-    kv = c.num_key_value_heads * head_dim
-    per_layer = d * d + 2 * d * kv + d * d + 3 * d * ff
-    n = L * per_layer + d * c.vocab_size
-    return 6 * n + 12 * L * d * mean_len, n
-
-
-def mean_example_len(model_dir: str, train_file: Path) -> float:
+def length_stats(model_dir: str, train_file: Path) -> tuple[float, float]:
+    """Mean example length and Σl²/Σl (the attention length per token) of the training rows."""
     from transformers import AutoTokenizer
 
     from tunewise.data.formats import load_conversations
     from tunewise.data.tokenize import tokenize_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    exs = tokenize_dataset(load_conversations(train_file, "alpaca"), tok, SEQ_LEN, train_on="assistant")
-    return sum(len(e.input_ids) for e in exs) / len(exs)
+    lens = [len(e.input_ids) for e in
+            tokenize_dataset(load_conversations(train_file, "alpaca"), tok, SEQ_LEN, train_on="assistant")]
+    return sum(lens) / len(lens), sum(n * n for n in lens) / sum(lens)
+
+
+def arm_flops_per_token(shape, info: dict, attention_len: float) -> float:
+    """What one trained token of this LoRA run needs (tunewise.estimate.model_flops_per_token):
+    frozen weights forward + input gradient (4N), adapters 6P, the head at loss-bearing tokens only,
+    causal attention per example. The same formula for every arm; recomputation is not counted."""
+    from tunewise.estimate import model_flops_per_token
+
+    adapted = dict(zip(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                       shape.linear_shapes()))
+    lora = shape.n_layers * sum(LORA_R * (a + b) for name, (a, b) in adapted.items() if name in TARGETS)
+    return model_flops_per_token(shape, "lora", lora, attention_len, info["loss_tokens"] / info["tokens"])
 
 
 def summarise(runs: list[dict]) -> dict:
     """One arm over several rounds: median speed figures, the largest peak memory, round 1's eval."""
     out = dict(runs[0])
-    for key in ("tokens_per_s", "loss_tokens_per_s", "tokens_per_cpu_s", "mfu", "seconds"):
+    for key in ("tokens_per_s", "loss_tokens_per_s", "tokens_per_cpu_s", "mfu", "seconds", "flops_per_token"):
         out[key] = statistics.median(r[key] for r in runs)
     out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
     return out
+
+
+def summary_fpt(rounds: list[dict]) -> float:
+    """The tunewise arms' FLOPs per trained token (plain's differs by its one extra loss token per example)."""
+    vals = [info["flops_per_token"] for r in rounds for name, info in r.items() if name != "plain"]
+    return statistics.median(vals or [info["flops_per_token"] for r in rounds for info in r.values()])
 
 
 def gib(n: float) -> str:
@@ -366,6 +388,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the list of arms this many times, interleaved (plain, tunewise, plain, ...); "
                          "speed = the median over rounds, each round's ratio against its own plain arm")
+    ap.add_argument("--isa", choices=["native", "avx2", "avx512"], default="native",
+                    help="emulate an older CPU on this one: cap oneDNN, MKL, ATen and tunewise at that "
+                         "instruction set (in every process of the run); figures are labelled emulated")
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_work", help=argparse.SUPPRESS)
     ap.add_argument("--_overrides", default="{}", help=argparse.SUPPRESS)
@@ -398,13 +423,24 @@ def main() -> None:
 
     import torch
 
-    from tunewise.estimate import measure_matmul_peak
+    from tunewise.estimate import PEAK_SHAPES, measure_matmul_peak
 
-    peaks = {d: measure_matmul_peak(d, seconds=3.0) for d in ("fp32", "bf16")}
-    print(f"matmul peak on {torch.get_num_threads()} threads: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
-          f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
-    mean_len = mean_example_len(args.model, train_file)
-    fpt, n_matmul = model_flops_per_token(args.model, mean_len)
+    from tunewise.estimate import load_shape
+    from tunewise.hardware import cpu_info, describe_cpu
+
+    cpu = cpu_info()
+    print(f"CPU: {describe_cpu(cpu)} (flags: {' '.join(cpu['flags']) or 'none of ' + 'avx2/avx512f/avx512_bf16/amx'}); "
+          f"torch {torch.__version__} on {torch.get_num_threads()} threads", flush=True)
+    # bf16 only where the CPU computes it: emulated bf16 would take minutes per peak shape and no arm uses it
+    dtypes = ("fp32", "bf16") if cpu["native_bf16"] else ("fp32",)
+    peaks = {d: measure_matmul_peak(d, seconds=4.0) for d in dtypes}
+    print("matmul peak (best of " + ", ".join("x".join(map(str, s)) for s in PEAK_SHAPES) + "): "
+          + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items())
+          + ("" if cpu["native_bf16"] else "; bf16 is emulated on this CPU: both arms compute in fp32"),
+          flush=True)
+    overrides_plain = {"bf16": bool(cpu["native_bf16"])}
+    mean_len, attention_len = length_stats(args.model, train_file)
+    shape = load_shape(args.model)
 
     rounds: list[dict[str, dict]] = []
     for rnd in range(args.rounds):
@@ -412,13 +448,14 @@ def main() -> None:
         for name in arms:
             label = name if args.rounds == 1 else f"{name} (round {rnd + 1}/{args.rounds})"
             print(f"\n== {label}: training {args.steps} optimizer steps ...", flush=True)
-            info = spawn_arm(name, args.model, work, args.steps, overrides)
+            info = spawn_arm(name, args.model, work, args.steps, overrides_plain if name == "plain" else overrides)
             info["eval_loss"], info["eval_tokens"] = (
                 (float("nan"), 0) if args.no_eval or rnd > 0 else eval_loss(args.model, info["adapter"], eval_file))
             info["tokens_per_s"] = info["tokens"] / info["seconds"]
             info["loss_tokens_per_s"] = info["loss_tokens"] / info["seconds"]
             info["tokens_per_cpu_s"] = info["tokens"] / info["cpu_seconds"]
-            info["mfu"] = info["tokens_per_s"] * fpt / peaks[info["compute_dtype"]]
+            info["flops_per_token"] = arm_flops_per_token(shape, info, attention_len)
+            info["mfu"] = info["tokens_per_s"] * info["flops_per_token"] / peaks[info["compute_dtype"]]
             results[name] = info
             print(f"   {info['tokens']} tokens ({info['loss_tokens']} loss-bearing) in {info['seconds']:.1f} s "
                   f"({info['tokens_per_s']:.1f} tokens/s); peak RSS {gib(info['peak_rss_bytes'])}; "
@@ -427,7 +464,8 @@ def main() -> None:
 
     print(f"\nLoRA r={LORA_R} alpha={LORA_ALPHA} on {','.join(TARGETS)}; seq len {SEQ_LEN}; "
           f"{EFFECTIVE_BATCH} examples/step; lr {LEARNING_RATE}; {args.steps} steps; "
-          f"mean example {mean_len:.0f} tokens; {fpt / 1e9:.2f} GFLOP/token (N={n_matmul / 1e6:.1f}M)"
+          f"mean example {mean_len:.0f} tokens (attention length Σl²/Σl {attention_len:.0f}); "
+          f"{summary_fpt(rounds) / 1e9:.3f} GFLOP/trained token (LoRA: 4N + 6P + head at loss tokens + attention)"
           + (f"; {args.rounds} rounds: medians, peak RSS the largest" if args.rounds > 1 else ""))
     summary = {name: summarise([r[name] for r in rounds]) for name in arms}
     header = f"{'arm':<15}{'tokens/s':>10}{'tok/CPU-s':>11}{'loss tok/s':>12}{'peak RSS':>12}{'eval loss':>11}{'MFU':>8}  compute"
@@ -452,12 +490,31 @@ def main() -> None:
               f"{mem:.2f}x peak memory (target <= 0.6x: {'PASS' if mem <= 0.6 else 'FAIL'}), "
               f"eval loss {loss * 100:+.2f}% (target <= +3%: {'PASS' if loss <= 0.03 else 'FAIL'}){spread}")
     if args.json:
-        args.json.write_text(json.dumps({"steps": args.steps, "rounds": args.rounds, "peaks_flops": peaks,
-                                         "mean_len": mean_len, "flops_per_token": fpt, "arms": summary,
+        args.json.write_text(json.dumps({"cpu": cpu, "cpu_line": describe_cpu(cpu), "isa": args.isa,
+                                         "torch": torch.__version__,
+                                         "steps": args.steps, "rounds": args.rounds, "peaks_flops": peaks,
+                                         "mean_len": mean_len, "attention_len": attention_len, "arms": summary,
                                          "per_round": rounds, "verdict": verdict},
                                         indent=1), encoding="utf-8")
 
 
+def reexec_with_isa_caps() -> None:
+    """``--isa avx2``: restart this script with the instruction-set caps in the environment (they
+    must be set before torch loads, and every arm's subprocess inherits them)."""
+    argv = sys.argv[1:]
+    isa = next((a.split("=", 1)[1] for a in argv if a.startswith("--isa=")), None)
+    if isa is None and "--isa" in argv and argv.index("--isa") + 1 < len(argv):
+        isa = argv[argv.index("--isa") + 1]
+    if not isa or isa == "native" or os.environ.get("TUNEWISE_CPU_ISA") == isa:
+        return
+    sys.path.insert(0, str(REPO / "src"))
+    from tunewise.hardware import isa_cap_env
+
+    env = {**BASE_ENV, **isa_cap_env(isa)}
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+
+
 if __name__ == "__main__":
+    reexec_with_isa_caps()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -384,25 +384,66 @@ class Estimate:
         return next(m for m in self.methods if m.method == name)
 
 
-def measure_matmul_peak(dtype: str = "bf16", seconds: float = 2.0, n: int = 2048) -> float:
-    """Best sustained FLOP/s of an n x n matmul in ``dtype`` ("bf16" or "fp32") on this machine,
-    with all of torch's threads: the CPU peak the time estimate scales."""
+# The shapes the matmul peak is measured over: square matmuls and the projections of a small model's
+# training micro-batch (768 tokens x 576 hidden x 1536 MLP). The best of them is the peak: one shape
+# alone under-reads it (bf16 on the AVX-512 BF16 build machine: 234 GFLOP/s at 1024^3, 419 at
+# 2048^3, 394 at 768x1536x576), and an MFU against an under-read peak overstates utilisation.
+PEAK_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (768, 576, 1536), (768, 1536, 576),
+)
+
+
+def measure_matmul_peak(dtype: str = "bf16", seconds: float = 2.0,
+                        shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES) -> float:
+    """Best sustained FLOP/s of an (m x k) @ (k x n) matmul in ``dtype`` ("bf16" or "fp32") over
+    ``shapes``, with all of torch's threads: the CPU peak the time estimate scales and MFU divides by.
+    ``seconds`` is shared by the shapes; a shape slower than its share gets one timed call."""
     import time
 
     import torch
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    for _ in range(2):
-        a @ b
     best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    for m, k, n in sorted(shapes, key=lambda s: s[0] * s[1] * s[2]):
+        if best and 2 * m * k * n / best > seconds:
+            continue  # e.g. emulated bf16 (~1 GFLOP/s): a 4096^3 matmul would take minutes
+        a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
         t0 = time.perf_counter()
-        for _ in range(3):
+        a @ b  # warm-up (builds the kernel); also tells whether the shape fits its time share
+        if time.perf_counter() - t0 > seconds / len(shapes):
+            t0 = time.perf_counter()
             a @ b
-        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t0))
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+            continue
+        end = time.perf_counter() + seconds / len(shapes)
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
     return best
+
+
+def model_flops_per_token(shape: ModelShape, method: Method, lora_params: int = 0,
+                          attention_len: float = 0.0, head_share: float = 1.0) -> float:
+    """The FLOPs one trained token really needs (forward + backward), for MFU. No recomputation
+    (gradient checkpointing's second forward is hardware work, not model work).
+
+    * full:       6·N_body + 6·V·h·head_share + 6·L·q·T
+    * LoRA/QLoRA: 4·N_body + 6·P_lora + 4·V·h·head_share + 6·L·q·T
+
+    N_body = the block's linear weights, P_lora = the adapter weights (r·(in+out) per adapted
+    linear), V·h = the output head, L = layers, q = query width (heads x head dim). Frozen weights
+    need a forward (2 FLOPs per weight) and the gradient w.r.t. their input (2) but no weight gradient
+    (2 more for trained weights); the adapters need all three. The head is only needed where the
+    loss is (``head_share`` = loss-bearing tokens / trained tokens). Causal attention: for an
+    example of l tokens QKᵀ and PV take 2·q·l² FLOPs forward per layer, x3 with backward, so per
+    token 6·L·q·T with T = Σl²/Σl over the examples trained on (``attention_len``).
+    """
+    body, head = shape.block_linear_params, shape.vocab * shape.hidden
+    attention = 6 * shape.n_layers * shape.q_dim * attention_len
+    if method == "full":
+        return float(6 * body + 6 * head * head_share + attention)
+    return float(4 * body + 6 * lora_params + 4 * head * head_share + attention)
 
 
 @dataclass
