@@ -14,6 +14,14 @@ class Generation:
     output_tokens: int
     stopped: bool  # True when the model ended its turn itself (EOS), False when cut by max_new_tokens
     seconds: float
+    ttft_s: float | None = None  # time to the first new token (prefill + one step)
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens per second after the first one: the decoding speed, without the prompt's prefill."""
+        if self.ttft_s is None or self.output_tokens < 2 or self.seconds <= self.ttft_s:
+            return None
+        return (self.output_tokens - 1) / (self.seconds - self.ttft_s)
 
 
 def render_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -49,6 +57,7 @@ def generate(
     """
     import torch
     from transformers import TextStreamer
+    from transformers.generation.streamers import BaseStreamer
 
     prompt = render_prompt(tokenizer, messages)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -65,16 +74,39 @@ def generate(
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
 
-    streamer = None
+    first_token: list[float] = []
+
+    class _FirstToken(BaseStreamer):
+        """generate() hands a streamer the prompt, then each new token: the second call times the first."""
+
+        calls = 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:
+                first_token.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    streamer: BaseStreamer = _FirstToken()
     if on_text is not None:
 
         class _Stream(TextStreamer):
+            calls = 0
+
+            def put(self, value):
+                self.calls += 1
+                if self.calls == 2:
+                    first_token.append(time.perf_counter())
+                super().put(value)
+
             def on_finalized_text(self, text: str, stream_end: bool = False):
                 if text:
                     on_text(text)
 
         streamer = _Stream(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs["streamer"] = streamer
+    kwargs["streamer"] = streamer
 
     start = time.perf_counter()
     with torch.inference_mode():
@@ -83,4 +115,5 @@ def generate(
     new = out[0, enc["input_ids"].shape[1]:].tolist()
     stopped = bool(new) and new[-1] in stops
     text = tokenizer.decode(new, skip_special_tokens=True)
-    return Generation(text.strip(), int(enc["input_ids"].shape[1]), len(new), stopped, seconds)
+    ttft = first_token[0] - start if first_token else None
+    return Generation(text.strip(), int(enc["input_ids"].shape[1]), len(new), stopped, seconds, ttft)
