@@ -74,7 +74,8 @@ def test_unknown_scenario(tmp_path, capsys):
     assert code == 1 and "unknown scenario 'poetry'" in err and "Traceback" not in err
 
 
-def test_demo_quick_on_tiny_model(tiny_model_dir, tmp_path, capsys):
+def test_demo_quick_on_tiny_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUNEWISE_PROGRESS_EVERY", "0")  # a plain progress line per item (output is captured)
     code, out, err = run_cli(["demo", "--out", str(tmp_path), "--scenario", "format", "--quick",
                               "--model", str(tiny_model_dir)], capsys)
     assert code == 0, err
@@ -84,6 +85,12 @@ def test_demo_quick_on_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "Recommendations" in out and "report.html" in out
     assert (tmp_path / "format" / "report" / "train-finetuned-lora" / "adapter").is_dir()
     assert "data check:" in err
+    # progress in a log: the scenario, each arm and its questions, the training steps, with ETAs
+    assert "(scenario 1/1)" in err and "finetuned-lora (finetuned, arm 4/4): answering 3 questions" in err
+    for arm in ("prompt", "few_shot", "rag-examples", "finetuned-lora"):
+        assert f"  {arm}: 1/3 questions (33%) · " in err and f"  {arm}: done 3/3 questions in " in err
+    assert "training: 1/2 steps (50%) · " in err and "training: done 2/2 steps in " in err
+    assert err.count(" · ETA ") >= 9
     summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| finetuned-lora |" in summary and "Whole demo:" in summary
     assert rep["recommendation"]["statements"][0] in summary

@@ -483,41 +483,26 @@ def default_metrics(examples: list[EvalExample], checks: TaskChecks | None, judg
 def generate_all(model, tokenizer, examples: list[EvalExample],
                  build_messages: Callable[[EvalExample], list[dict]] | None = None,
                  max_new_tokens: int = 256, label: str = "generating", progress: bool = True) -> list[Any]:
-    """Greedy answers for every example, with a progress bar (tokens/s, ETA)."""
+    """Greedy answers for every example, with progress (a bar, or plain lines in a log: tokens/s, ETA)."""
     from tunewise.generate import generate
+    from tunewise.progress import progress as progress_task
 
     build = build_messages or (lambda ex: ex.messages)
     outs = []
-    with _progress(progress) as prog:
-        task = prog.add_task(label, total=len(examples), tps="") if prog else None
+    with progress_task(label, len(examples), unit="example", enabled=progress, transient=True) as prog:
         produced, spent = 0, 0.0
         for ex in examples:
             g = generate(model, tokenizer, build(ex), max_new_tokens=max_new_tokens)
             outs.append(g)
             produced += g.output_tokens
             spent += g.seconds
-            if prog:
-                prog.update(task, advance=1, tps=f"{produced / spent:.0f} tok/s" if spent else "")
+            prog.update(advance=1, tps=tokens_per_second_text(produced, spent))
     return outs
 
 
-class _NullCtx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NullCtx()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[tps]}"), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
+def tokens_per_second_text(tokens: int, seconds: float) -> str:
+    """``"41 tok/s"`` for a progress display (empty before anything was timed)."""
+    return f"{tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
 
 
 def score_answers(examples: list[EvalExample], answers: list[Any], metrics: list[str],
@@ -630,6 +615,10 @@ def evaluate(
 
     if data is None:
         raise TunewiseError("no eval data given", "pass --data EVAL_FILE (or eval_file in the config)")
+    if progress:
+        from tunewise.progress import check_settings
+
+        check_settings()
     examples = data if isinstance(data, list) else load_eval_set(data, data_format, mapping, limit)
     if isinstance(checks, dict):
         checks = TaskChecks.model_validate(checks)

@@ -26,12 +26,12 @@ from tunewise.compare.report import render_html
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
     EvalExample,
-    _progress,
     build_report,
     default_metrics,
     load_eval_set,
     response_loss,
     score_answers,
+    tokens_per_second_text,
     write_outputs,
 )
 from tunewise.paths import atomic_write_bytes, atomic_write_text
@@ -182,6 +182,10 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     """Run the comparison described by ``config`` and write the reports into its output_dir."""
     cfg = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
     con = _console(quiet)
+    if not quiet:
+        from tunewise.progress import check_settings
+
+        check_settings()  # a bad TUNEWISE_PROGRESS* value fails now, not after the first arm
     out = Path(cfg.output_dir)
     examples, pools, skips = _prepare(cfg, out, con)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,12 +198,13 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     loss_curves: dict[str, list] = {}
     losses: dict[str, dict | None] = {}
 
-    for arm_cfg in cfg.arms:
+    for arm_no, arm_cfg in enumerate(cfg.arms, 1):
         name, kind = arm_cfg.name, arm_cfg.type
+        step = f"arm {arm_no}/{len(cfg.arms)}"
         rep: dict[str, Any] = {"name": name, "kind": kind, "status": "ok", "notes": [], "training": None}
         if name in skips:
             rep.update(status="skipped", skip_reason=skips[name], quality=None, model=getattr(arm_cfg, "model", None))
-            con.print(f"[yellow]{name}: skipped — {skips[name]}[/]")
+            con.print(f"[yellow]{name} ({step}): skipped — {skips[name]}[/]")
             arm_reports.append(rep)
             continue
         system = arm_cfg.system_prompt if arm_cfg.system_prompt is not None else (
@@ -236,7 +241,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
                     idx_dir = Path(arm_cfg.index_dir) if arm_cfg.index_dir else out / f"index-{name}"
                     runner.index = RagIndex.build(arm_cfg.docs, index_dir=idx_dir, progress=not con.quiet)
         rep["model"] = runner.model_ref
-        con.print(f"[bold]{name}[/] ({kind}): answering {len(examples)} questions with {runner.model_ref}")
+        con.print(f"[bold]{name}[/] ({kind}, {step}): answering {len(examples)} questions with {runner.model_ref}")
         answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
         results, summary, rates, notes = score_answers(examples, answers, metrics, cfg.checks, cfg.judge, extra_lat)
         for r, x in zip(results, extras):
@@ -343,8 +348,10 @@ def _answer_all(runner: Arm, examples: list[EvalExample], cfg: CompareConfig, mo
     first, _ = runner.build(examples[0])
     if mdl is not None:
         generate(mdl, tok, first, max_new_tokens=8)
-    with _progress(not con.quiet) as prog:
-        task = prog.add_task(f"  {runner.name}", total=len(examples), tps="") if prog else None
+    from tunewise.progress import progress
+
+    with progress(f"  {runner.name}", len(examples), unit="question", console=con,
+                  transient=True) as prog:
         produced, spent = 0, 0.0
         for ex in examples:
             t0 = time.perf_counter()
@@ -359,8 +366,7 @@ def _answer_all(runner: Arm, examples: list[EvalExample], cfg: CompareConfig, mo
             extras.append(extra)
             produced += ans.output_tokens
             spent += ans.seconds
-            if prog:
-                prog.update(task, advance=1, tps=f"{produced / spent:.0f} tok/s" if spent else "")
+            prog.update(advance=1, tps=tokens_per_second_text(produced, spent))
     return answers, extra_lat, extras
 
 

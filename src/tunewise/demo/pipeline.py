@@ -162,10 +162,10 @@ def run_demo(out: str | Path, scenario: str = "all", quick: bool = False, model:
     out = Path(out)
     results = []
     demo_start = time.perf_counter()
-    for name in names:
+    for i, name in enumerate(names, 1):
         start = time.perf_counter()
         root = out / name
-        console.rule(f"[bold]{TITLES[name]}")
+        console.rule(f"[bold]{TITLES[name]}[/] (scenario {i}/{len(names)})")
         cfg_path = write_scenario(name, root, quick, model)
         console.print(f"  data and config written to {root} ({cfg_path.name})", highlight=False)
         cfg = load_compare_config(cfg_path)
@@ -173,6 +173,7 @@ def run_demo(out: str | Path, scenario: str = "all", quick: bool = False, model:
         res = run_compare(cfg, quiet=quiet)
         results.append(DemoResult(name, TITLES[name], res.report, res.html_path, res.json_path,
                                   time.perf_counter() - start))
-        console.print(f"  {name} done in {time.perf_counter() - start:.0f} s", highlight=False)
+        console.print(f"  {name} done in {time.perf_counter() - start:.0f} s (scenario {i}/{len(names)}; demo "
+                      f"{time.perf_counter() - demo_start:.0f} s so far)", highlight=False)
     atomic_write_text(out / "summary.md", summary_markdown(results, time.perf_counter() - demo_start))
     return results

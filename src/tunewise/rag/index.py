@@ -127,26 +127,11 @@ def _read_manifest(index_dir: Path) -> dict | None:
 def _embed_with_progress(embedder: Embedder, texts: list[str], show: bool) -> np.ndarray:
     if not show:
         return embedder.encode(texts)
-    getattr(embedder, "model", None)  # load the model before the bar starts, so the rate is real
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    getattr(embedder, "model", None)  # load the model before the progress starts, so the rate is real
+    from tunewise.progress import progress
 
-    with Progress(
-        TextColumn("[bold]embedding chunks"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
-    ) as progress:
-        task = progress.add_task("embed", total=len(texts), rate="")
-        start = time.perf_counter()
-        done = 0
-
-        def on_batch(n: int) -> None:
-            nonlocal done
-            done += n
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            progress.update(task, advance=n, rate=f"{rate:.1f} chunks/s")
-
-        return embedder.encode(texts, on_batch=on_batch)
+    with progress("embedding chunks", len(texts), unit="chunk") as prog:
+        return embedder.encode(texts, on_batch=lambda n: prog.update(advance=n))
 
 
 class RagIndex:

@@ -1,4 +1,4 @@
-"""What a run shows and records while it trains: a Rich progress bar, metrics.jsonl, loss.png."""
+"""What a run shows and records while it trains: progress (a bar, or lines in a log), metrics.jsonl, loss.png."""
 
 from __future__ import annotations
 
@@ -80,60 +80,62 @@ class MetricsCallback(TrainerCallback):
         self._last_plot = time.monotonic()
 
 
-class RichProgressCallback(TrainerCallback):
-    """A Rich progress bar: step, loss, learning rate, tokens/s, elapsed and ETA."""
+class ProgressCallback(TrainerCallback):
+    """Training progress through :mod:`tunewise.progress`: a Rich bar on a terminal, plain lines in
+    a log. Shows optimizer steps done/total, steps/s, loss (and eval loss), learning rate, trained
+    tokens/s over this session, elapsed and ETA."""
 
     def __init__(self, console=None, description: str = "training"):
         from rich.console import Console
 
+        from tunewise.progress import check_settings
+
+        check_settings()
         self.console = console or Console(stderr=True)
         self.description = description
-        self.progress = None
         self.task = None
-        self.fields = {"loss": "-", "lr": "-", "tps": "-", "eval": ""}
+        self._t0 = 0.0
+        self._tokens0 = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from tunewise.progress import ProgressTask
 
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("loss [cyan]{task.fields[loss]}[/]{task.fields[eval]}"),
-            TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(compact=True),
-            console=self.console,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps,
-                                           completed=state.global_step, **self.fields)
+        self.task = ProgressTask(self.description, state.max_steps, unit="step", console=self.console,
+                                 completed=state.global_step, order=("loss", "eval", "lr", "tps")).start()
+        self._t0 = time.perf_counter()
+        self._tokens0 = state.num_input_tokens_seen
+
+    def _tps(self, args, state) -> str:
+        seconds = time.perf_counter() - self._t0
+        tokens = (state.num_input_tokens_seen - self._tokens0) * max(args.world_size, 1)
+        return f"{tokens / seconds:,.0f} tok/s" if seconds > 0 and tokens > 0 else ""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+        if self.task is not None:
+            self.task.update(completed=state.global_step, tps=self._tps(args, state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is None or not logs:
+        if self.task is None or not logs:
             return
+        fields = {}
         if "loss" in logs:
-            self.fields["loss"] = f"{logs['loss']:.4f}"
-        if "learning_rate" in logs:
-            self.fields["lr"] = f"{logs['learning_rate']:.2e}"
-        if "tokens_per_second" in logs:
-            self.fields["tps"] = f"{logs['tokens_per_second']:,.0f}"
+            fields["loss"] = f"loss {logs['loss']:.4f}"
         if "eval_loss" in logs:
-            self.fields["eval"] = f" eval [magenta]{logs['eval_loss']:.4f}[/]"
-        self.progress.update(self.task, completed=state.global_step, **self.fields)
+            fields["eval"] = f"eval loss {logs['eval_loss']:.4f}"
+        if "learning_rate" in logs:
+            fields["lr"] = f"lr {logs['learning_rate']:.1e}"
+        fields["tps"] = self._tps(args, state)
+        self.task.update(completed=state.global_step, **fields)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
 
-    def close(self):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+    def close(self, failed: bool = False):
+        if self.task is not None:
+            self.task.close(failed=failed)
+            self.task = None
+
+
+RichProgressCallback = ProgressCallback  # the name train() uses (from when it was only a Rich bar)
