@@ -202,6 +202,11 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     assert fake.requests[0]["body"]["messages"][0] == {"role": "system", "content": "Answer briefly."}
     assert fake.requests[0]["auth"] == "Bearer sk-abc"
     assert by["no-key"]["status"] == "skipped" and "TW_TEST_MISSING_KEY" in by["no-key"]["skip_reason"]
+    # decode-speed parity inputs: local arms record their model size and decoding rate; the API arm not
+    for name in ("prompt", "few_shot", "rag", "finetuned"):
+        assert by[name]["model_params"] == by["prompt"]["model_params"] > 0
+        assert by[name]["decode_tokens_per_s"] > 0
+    assert "decode_tokens_per_s" not in api
     # fine-tuned: training figures and cost from summary.json (360 s at ₹36/hour = ₹3.60)
     assert by["finetuned"]["training"]["cost"] == pytest.approx(3.6)
     assert rep["recommendation"]["arm"] in by and rep["recommendation"]["statements"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ from tunewise.compare.arms import (
 from tunewise.compare.config import ARM_TYPES, CompareConfig
 from tunewise.compare.recommend import api_cost_per_1k_usd, local_cost_per_1k, recommend, usd_rate_for
 from tunewise.compare.report import render_html
+from tunewise.compare.speed import decode_parity
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
     EvalExample,
@@ -243,6 +245,12 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         rep["model"] = runner.model_ref
         con.print(f"[bold]{name}[/] ({kind}, {step}): answering {len(examples)} questions with {runner.model_ref}")
         answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
+        if kind != "api":
+            # what decode_parity compares: the model's size and its decoding rate (after the first token)
+            mdl, _ = models.get(runner.model_ref)
+            rep["model_params"] = sum(p.numel() for p in mdl.parameters())
+            rates = [r for r in (getattr(a, "decode_tokens_per_s", None) for a in answers) if r]
+            rep["decode_tokens_per_s"] = statistics.median(rates) if rates else None
         results, summary, rates, notes = score_answers(examples, answers, metrics, cfg.checks, cfg.judge, extra_lat)
         for r, x in zip(results, extras):
             r.extra = x
@@ -296,6 +304,9 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
                   f"{_money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
         arm_reports.append(rep)
 
+    speed_notes = decode_parity(arm_reports)
+    for note in speed_notes:
+        con.print(f"[yellow]warning: {note}[/]")
     rec = recommend(arm_reports, cfg.quality_tolerance, cfg.currency, cfg.min_quality, primary)
     shown = [m for m in ("checks", "checks_all", "rouge_l", "chrf", "exact_match", "judge")
              if any(m in a.get("metrics", {}) for a in arm_reports)]
@@ -317,7 +328,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         "arms": arm_reports,
         "recommendation": rec,
         "samples": _samples(examples, all_results, cfg.sample_outputs),
-        "notes": [],
+        "notes": speed_notes,
         "config": cfg.model_dump(mode="json"),
     }
     charts = {
