@@ -1,11 +1,18 @@
 """Benchmark `tunewise data check` on a generated 100,000-row Alpaca JSONL (realistic lengths).
 
-Prints rows/s, wall time and peak RSS, for the full size and for a 10x smaller file (each in its
-own process), so memory growth with file size is visible, plus a baseline measured in the same run:
-plain `json.loads` of every line (the floor any checker pays to read the file).
+Prints the CPU (model, kind, cores, the avx2/avx512f/avx512_bf16/amx flags), then rows/s, wall time
+and peak RSS, for the full size and for a 10x smaller file (each in its own process), so memory
+growth with file size is visible, plus a baseline measured in the same run: plain `json.loads` of
+every line (the floor any checker pays to read the file).
+
+``--against DIR`` also times the full-size check with the tunewise of another checkout (e.g. the
+commit before a change: ``git worktree add /tmp/old HEAD~1``), alternating old and new ``--repeat``
+times in the same run, checks both give the same report figures, and prints the ratio: on a
+machine other work shares, only such same-run ratios compare.
 
     .venv/bin/python bench/data_check.py                # 100,000 rows, embedded smollm2-135m tokenizer
     .venv/bin/python bench/data_check.py --rows 20000 --model path/to/tokenizer-or-model
+    .venv/bin/python bench/data_check.py --against /tmp/old --repeat 2
 """
 
 from __future__ import annotations
@@ -97,10 +104,26 @@ def child(path: str, model: str, mode: str) -> None:
     print(json.dumps({"rows": n, "seconds": seconds, "cpu_seconds": cpu() - c0, "peak_rss_mb": peak_mb, **extra}))
 
 
-def run_child(path: Path, model: str, mode: str) -> dict:
+def run_child(path: Path, model: str, mode: str, src: Path | None = None) -> dict:
+    """One measurement in a fresh process; ``src``: import tunewise from that source tree instead."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, __file__, "--child", str(path), "--model", model, "--mode", mode],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_line() -> str:
+    """The machine the figures come from: model, kind, cores and the matmul-relevant flags."""
+    from tunewise.hardware import cpu_info, describe_cpu
+
+    info = cpu_info()
+    return f"CPU: {describe_cpu(info)} · flags: {' '.join(info['flags']) or 'none of avx2/avx512f/avx512_bf16/amx'}"
+
+
+def _figures(r: dict) -> tuple:
+    return (r["rows"], r["errors"], r["warnings"], r["tokens"], json.dumps(r["duplicates"], sort_keys=True))
 
 
 def main() -> None:
@@ -109,10 +132,20 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--child")
     ap.add_argument("--mode", default="check")
+    ap.add_argument("--against", type=Path, help="another checkout to time in the same run (its src/ is imported)")
+    ap.add_argument("--repeat", type=int, default=1, help="with --against: old/new pairs to alternate")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.model, args.mode)
         return
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    old_src = None
+    if args.against is not None:
+        old_src = args.against / "src"
+        if not (old_src / "tunewise").is_dir():
+            ap.error(f"--against {args.against}: no src/tunewise there")
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         big, small = Path(tmp) / "big.jsonl", Path(tmp) / "small.jsonl"
         t = time.perf_counter()
@@ -131,9 +164,26 @@ def main() -> None:
         print(f"check / baseline time: {big_r['seconds'] / base['seconds']:.1f}x")
         print(f"peak RSS full / small (10x the rows): {big_r['peak_rss_mb'] / small_r['peak_rss_mb']:.2f}x "
               f"(+{big_r['peak_rss_mb'] - small_r['peak_rss_mb']:,.0f} MB for {big_r['rows'] - small_r['rows']:,} more rows)")
+        cores = os.cpu_count() or 1
         print(f"target: whole check < 60 s -> {'met' if big_r['seconds'] < 60 else 'NOT met'} "
-              f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; on a busy machine the CPU "
-              f"seconds are the fairer figure: at best {big_r['cpu_seconds'] / 2:.0f}s wall with both cores free)")
+              f"({cores} CPUs, load average {os.getloadavg()[0]:.1f}; on a busy machine the CPU "
+              f"seconds are the fairer figure: at best {big_r['cpu_seconds'] / cores:.0f}s wall with all cores free)")
+        if old_src is not None:
+            new_runs, old_runs = [big_r], []
+            for k in range(args.repeat):
+                old_runs.append(run_child(big, args.model, "check", src=old_src))
+                if k:
+                    new_runs.append(run_child(big, args.model, "check"))
+            for r in old_runs + new_runs:
+                if _figures(r) != _figures(big_r):
+                    raise SystemExit(f"the two checkouts disagree: {_figures(r)} vs {_figures(big_r)}")
+            for name, runs in (("old", old_runs), ("new", new_runs)):
+                print(f"{name} ({args.against if name == 'old' else 'this checkout'}): "
+                      + ", ".join(f"{r['seconds']:.1f}s wall / {r['cpu_seconds']:.1f}s CPU / {r['peak_rss_mb']:,.0f} MB"
+                                  for r in runs))
+            ow, nw = min(r["seconds"] for r in old_runs), min(r["seconds"] for r in new_runs)
+            oc, nc = min(r["cpu_seconds"] for r in old_runs), min(r["cpu_seconds"] for r in new_runs)
+            print(f"old / new, best of each: wall {ow / nw:.2f}x, CPU seconds {oc / nc:.2f}x (same report figures)")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,30 @@ def test_warnings_long_short_duplicates_and_eval_overlap(tmp_path, smol_tokenize
     assert report.ok  # only warnings
 
 
-def test_zero_trainable_is_an_error(tmp_path, smol_tokenizer):
-    f = _write(tmp_path / "long_prompt.jsonl", [{"instruction": "word " * 300, "output": "ok"},
-                                                 {"instruction": "hi", "output": "hello"}])
+def test_response_cut_away_is_a_warning_that_training_skips_it(tmp_path, smol_tokenizer):
+    f = _write(tmp_path / "long_prompt.jsonl", [{"instruction": "hi", "output": "hello"},
+                                                 {"instruction": "word " * 300, "output": "ok"},
+                                                 {"instruction": "hi again", "output": "hello again"}])
     report = check_dataset(f, tokenizer=smol_tokenizer, sequence_len=100)
+    assert report.ok and report.n_errors == 0
+    (skip,) = [i for i in report.issues if i.code == "skipped_too_long"]
+    assert skip.level == "warning" and skip.source == "long_prompt.jsonl:2"
+    assert "training will skip this example" in skip.message and "sequence_len=100" in skip.message
+    assert not [i for i in report.issues if i.source == "long_prompt.jsonl:2" and i.code != "skipped_too_long"]
+    assert report.stats["skipped_by_training"] == 1
+    # the epoch's tokens are those training sees: the two kept examples only
+    examples = tokenize_dataset(load_conversations(f), smol_tokenizer, 100, on_empty="keep")
+    assert report.stats["tokens_per_epoch"] == len(examples[0].input_ids) + len(examples[2].input_ids)
+
+
+def test_every_turn_masked_is_still_an_error(tmp_path, smol_tokenizer):
+    f = _write(tmp_path / "masked.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "weight": 0}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "weight": 1}]}])
+    report = check_dataset(f, tokenizer=smol_tokenizer)
     errors = [i for i in report.issues if i.level == "error"]
-    assert [(i.code, i.source) for i in errors] == [("zero_trainable", "long_prompt.jsonl:1")]
-    assert not report.ok
+    assert [(i.code, i.source) for i in errors] == [("zero_trainable", "masked.jsonl:1")]
+    assert "every turn is masked" in errors[0].message and not report.ok
 
 
 def test_template_without_end_token_warns_never_stops(tmp_path, smol_tokenizer):
@@ -135,4 +152,4 @@ def test_show_marks_trained_masked_and_end_token(shared_data, smol_tokenizer):
 def test_show_cli(shared_data, smol_tokenizer_dir, capsys):
     main(["data", "show", str(shared_data / "glaive_toolcall_en_demo.json"), "--model", str(smol_tokenizer_dir), "-n", "2"])
     out = capsys.readouterr().out
-    assert "glaive_toolcall_en_demo.json:2" in out and "<|im_end|>" in out and "trained" in out
+    assert "glaive_toolcall_en_demo.json: row 1 (line 2)" in out and "<|im_end|>" in out and "trained" in out

@@ -142,7 +142,7 @@ def _corpus(tmp_path):
                             [("huge_line.jsonl:2", "malformed JSON")]),
         "placeholder.jsonl": (_jsonl([GOOD, {"instruction": "Who are you?", "output": "I am {{name}}."}]).encode(),
                               [("placeholder.jsonl:2", "{{name}}")]),
-        "not_objects.json": (b'[1, {"instruction": "a", "output": "b"}]', [("not_objects.json:1", "must be a JSON object")]),
+        "not_objects.json": (b'[1, {"instruction": "a", "output": "b"}]', [("not_objects.json: row 1", "must be a JSON object")]),
     }
     for name, (data, _) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -182,7 +182,7 @@ def test_json_array_rows_know_their_lines(tmp_path):
     f = tmp_path / "arr.json"
     f.write_text(json.dumps([GOOD, {"instruction": "x", "output": 3}, GOOD], indent=2))
     rows = list(iter_conversations(f))
-    assert [r.source for r in rows] == ["arr.json:2", "arr.json:7", "arr.json:11"]
+    assert [r.source for r in rows] == ["arr.json: row 1 (line 2)", "arr.json: row 2 (line 7)", "arr.json: row 3 (line 11)"]
     assert rows[1].error == "'output' must be a string, got int"
 
 

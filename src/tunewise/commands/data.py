@@ -131,7 +131,8 @@ def print_report(report, show: int = 10) -> None:
     console.print(f"tokens per epoch: [bold]{s.get('tokens_per_epoch', 0):,}[/] "
                   f"({s.get('trainable_tokens_per_epoch', 0):,} trained) · over sequence_len: {over.get('examples', 0):,} "
                   f"({over.get('tokens_lost', 0):,} tokens cut) · duplicates: {dups.get('exact', 0):,} exact, "
-                  f"{dups.get('near', 0):,} near" + (f" · eval overlap: {dups.get('eval_overlap', 0):,}" if report.eval_file else ""),
+                  f"{dups.get('near', 0):,} near" + (f" · eval overlap: {dups.get('eval_overlap', 0):,}" if report.eval_file else "")
+                  + (f" · training skips: {s['skipped_by_training']:,}" if s.get("skipped_by_training") else ""),
                   highlight=False, soft_wrap=True)
     if report.goal_assessment:
         g = report.goal_assessment

@@ -25,6 +25,10 @@ def print_summary(result, console: Console = console) -> None:
         table.add_row("eval loss", f"{result.eval_loss:.4f}")
     table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s ({result.trained_tokens:,} tokens)")
     table.add_row("time", f"{result.seconds:.1f} s")
+    if getattr(result, "skipped_examples", 0):
+        n = result.skipped_examples
+        table.add_row("skipped", f"{n:,} example{'s' if n != 1 else ''} with no token to learn from "
+                                 "(sources in summary.json)")
     if result.adapter_dir:
         table.add_row("adapter", f"{result.adapter_dir}  (PEFT adapter + tokenizer)")
     if result.model_dir:

@@ -222,6 +222,8 @@ class _Checker:
         self.orders = array("q")
         self.is_eval = bytearray()
         self.placeholder_names: Counter = Counter()
+        self.skipped = 0  # examples training will skip (no learnable token)
+        self.skipped_tokens = 0
         self.stop_ids: set[int] = set()
         if tokenizer.eos_token_id is not None:
             self.stop_ids.add(tokenizer.eos_token_id)
@@ -243,6 +245,7 @@ class _Checker:
         """The Python half of a batch: validate, look for placeholders, render, fingerprint."""
         rep = self.report
         good: list[tuple[ParsedRow, Rendered]] = []
+        self.dup.add_many([pr.conversation for pr in rows if pr.error is None])  # ids follow self.sources
         for pr in rows:
             order = pr.index + ((1 << 40) if is_eval else 0)
             if not is_eval:
@@ -253,7 +256,6 @@ class _Checker:
                     self.openai_rows["format_errors"].update(openai_format_errors(pr.raw))
                 continue
             conv = pr.conversation
-            self.dup.add(conv)
             self.sources.append(pr.source)
             self.orders.append(order)
             self.is_eval.append(is_eval)
@@ -265,11 +267,12 @@ class _Checker:
                 self.placeholder_names.update(names)
                 rep.add("error", "placeholder", pr.source,
                         "unfilled template placeholder " + ", ".join("{{" + n + "}}" for n in names), order)
-            if not conv.is_text and conv.messages[-1].role != "assistant":
+            is_text = conv.is_text
+            if not is_text and conv.messages[-1].role != "assistant":
                 rep.add("warning", "trailing_turn", pr.source,
                         f"ends with a {conv.messages[-1].role} message that is never trained on", order)
             try:
-                tpl = None if conv.is_text else self.template()
+                tpl = None if is_text else self.template()
                 rendered = render_conversation(conv, self.tok, rep.train_on, self.chat_template, _tpl=tpl)
             except TunewiseError as e:
                 rep.add("error", "template", pr.source, e.message, order)
@@ -298,10 +301,11 @@ class _Checker:
     def _example(self, pr: ParsedRow, r: Rendered, enc) -> None:
         rep = self.report
         conv = pr.conversation
-        ids = enc.ids
-        n = len(ids)
+        is_text = r.add_special_tokens  # raw text (no chat template)
+        n = len(enc)
         token_spans = trained_token_spans(enc, r.spans)  # inclusive, in order, not overlapping
-        if r.add_special_tokens:
+        ids = enc.ids if is_text or token_spans else None
+        if is_text:
             eos = self.tok.eos_token_id
             if eos is not None and (not ids or ids[-1] != eos):
                 token_spans.append((n, n))
@@ -312,28 +316,45 @@ class _Checker:
         kept = min(total, seq)
         trainable = sum(max(0, min(b, kept - 1) - a + 1) for a, b in token_spans)
         truncated = total > seq
-        if r.add_special_tokens:
+        # Training skips an example with no trained token it can learn from: one at a position
+        # past the first (the first token has nothing before it to predict it from) and within
+        # sequence_len; see tunewise.data.tokenize.skip_reason, which train applies to the same tokens.
+        learnable = sum(max(0, min(b, kept - 1) - max(a, 1) + 1) for a, b in token_spans)
+        cut_away = sum(max(0, b - max(a, kept) + 1) for a, b in token_spans)
+        if is_text:
             ends = not truncated
         else:
             ends = last_trained >= 0 and last_trained < kept and ids[last_trained] in self.stop_ids
-        roles = {} if conv.is_text else _role_token_counts(enc, r.text, conv)
+        roles = {} if is_text else _role_token_counts(enc, r.text, conv)
         for role, c in roles.items():
             self.role_tokens.setdefault(role, array("i")).append(c)
-        resp = roles.get("assistant", 0) if not conv.is_text else total
+        resp = roles.get("assistant", 0) if not is_text else total
+        if learnable == 0:
+            self.examples.append(total, kept, 0, True)
+            self.skipped += 1
+            self.skipped_tokens += kept  # not in the epoch's tokens
+            if cut_away:
+                first = token_spans[0][0] if token_spans else 0
+                rep.add("warning", "skipped_too_long", pr.source,
+                        f"{total:,} tokens: sequence_len={seq} cuts away the whole response (it starts at token "
+                        f"{first + 1:,}), so training will skip this example; raise sequence_len to {total:,} "
+                        f"to train on all of it, or shorten the prompt", pr.index)
+            else:
+                rep.add("error", "zero_trainable", pr.source,
+                        "no trainable tokens after masking (every turn is masked): training would skip it; "
+                        "unmask a response (weight / loss_weight) or remove the example", pr.index)
+            return
         self.examples.append(total, kept, trainable, ends)
         if truncated:
             rep.add("warning", "too_long", pr.source,
                     f"{total} tokens, longer than sequence_len={seq}: {total - seq} tokens cut", pr.index)
-        if trainable == 0:
-            why = " (the response is cut off by sequence_len)" if truncated else " (every turn is masked)"
-            rep.add("error", "zero_trainable", pr.source, "no trainable tokens after masking" + why, pr.index)
-        elif not ends:
+        if not ends:
             why = "cut off by sequence_len" if truncated else "the chat template puts no end-of-turn token after it"
             rep.add("warning", "never_stops", pr.source,
                     f"no end-of-turn token after the response ({why}): teaches the model to never stop", pr.index)
-        if not conv.is_text:
+        if not is_text:
             has_calls = any(m.tool_calls for m in conv.messages if m.role == "assistant")
-            if resp < SHORT_RESPONSE_TOKENS and not has_calls and trainable > 0:
+            if resp < SHORT_RESPONSE_TOKENS and not has_calls:
                 rep.add("warning", "short_response", pr.source, f"very short response ({resp} token{'s' if resp != 1 else ''})", pr.index)
 
     def _openai_row(self, pr: ParsedRow) -> None:
@@ -510,9 +531,10 @@ def _statistics(report: CheckReport, checker: _Checker) -> None:
     s["tokens_per_example"] = _dist(total)
     s["trainable_tokens_per_example"] = _dist(trainable)
     s["tokens_per_role"] = {role: _dist(v) for role, v in sorted(checker.role_tokens.items())}
-    s["tokens_per_epoch"] = int(kept.sum(dtype=np.int64))
+    s["tokens_per_epoch"] = int(kept.sum(dtype=np.int64)) - checker.skipped_tokens  # what training sees
     s["trainable_tokens_per_epoch"] = int(trainable.sum(dtype=np.int64))
     s["over_sequence_len"] = {"examples": int(cut.sum()), "tokens_lost": int((total - kept).sum())}
+    s["skipped_by_training"] = checker.skipped
     s["never_stop"] = ex.never_stops
     s["short_responses"] = report.issue_counts.get("warning:short_response", 0)
 

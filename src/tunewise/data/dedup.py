@@ -72,20 +72,76 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 def word_hashes(text: str) -> np.ndarray:
     """One uint64 hash per word of ``text`` (case-insensitive), in order."""
-    data = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    return _word_hashes_bytes(text.lower().encode("utf-8", "surrogatepass"))[0]
+
+
+def _word_hashes_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the words of lower-cased UTF-8 bytes, and the byte offset each word starts at. A
+    word's hash depends only on its bytes (not on where it is), so texts joined by a non-word byte
+    give every text's words the hashes they get alone."""
+    data = np.frombuffer(raw, dtype=np.uint8)
     if data.size == 0:
-        return np.zeros(0, dtype=np.uint64)
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     is_word = _WORD_BYTE[data]
     edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     if starts.size == 0:
-        return np.zeros(0, dtype=np.uint64)
+        return np.zeros(0, dtype=np.uint64), starts
     p, q = _power_table(data.size + 1)
     with np.errstate(over="ignore"):
         prefix = np.zeros(data.size + 1, dtype=np.uint64)
         np.cumsum(data.astype(np.uint64) * q[: data.size], out=prefix[1:])
-        return _mix((prefix[ends] - prefix[starts]) * p[starts])
+        return _mix((prefix[ends] - prefix[starts]) * p[starts]), starts
+
+
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+_MAX_CHUNK_BYTES = 1 << 18  # characters hashed together (bounds the prefix-sum and power tables: ~10 MB)
+_CHUNK_SHINGLES = 1 << 14  # shingles permuted together (a 4 MB matrix at 64 permutations)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, as datasketch applies it before its affine permutations."""
+    s1, m1, s2, m2, s3 = _FMIX32
+    h = h ^ (h >> s1)
+    h = h * m1
+    h = h ^ (h >> s2)
+    h = h * m2
+    return h ^ (h >> s3)
+
+
+def shingle_sets(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The word 3-gram hashes (32 bits) of many texts at once: ``(hashes, counts)`` where text i
+    owns the next ``counts[i]`` hashes. The same multiset per text as hashing each text alone
+    (first ``MAX_SHINGLES + 2`` words; texts of 1-2 words use the words, texts without words the
+    CRC of the text); duplicates are kept, which a MinHash (a minimum) does not see."""
+    encoded = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=offsets[1:])  # + the "\n" joining each text to the next
+    hashes, starts = _word_hashes_bytes(b"\n".join(encoded))
+    text_of = np.searchsorted(offsets, starts, side="right") - 1  # which text each word is in
+    n_words = np.bincount(text_of, minlength=len(texts))
+    first = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(n_words, out=first[1:])
+    rank = np.arange(len(hashes)) - first[text_of]  # the word's position in its text
+    with np.errstate(over="ignore"):
+        tri = _mix(hashes[:-2] * _A + hashes[1:-1] * _B + hashes[2:]) & _LOW32 if len(hashes) >= 3 \
+            else np.zeros(0, dtype=np.uint64)
+    many = n_words >= 3
+    keep_tri = (text_of[:-2] == text_of[2:]) & (rank[:-2] < MAX_SHINGLES) if len(hashes) >= 3 else np.zeros(0, bool)
+    keep_word = (~many[text_of]) if len(hashes) else np.zeros(0, bool)
+    # Both kinds in text order: a trigram sits at the position of its first word.
+    key = np.concatenate([np.flatnonzero(keep_tri), np.flatnonzero(keep_word)])
+    values = np.concatenate([tri[keep_tri], hashes[keep_word] & _LOW32])
+    owner = text_of[key]
+    empty = np.flatnonzero(n_words == 0)
+    if empty.size:
+        owner = np.concatenate([owner, empty])
+        values = np.concatenate([values, np.array([_crc(texts[i]) for i in empty], dtype=np.uint64)])
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner, minlength=len(texts))
+    return values[order], counts
 
 
 @dataclass
@@ -117,28 +173,57 @@ class DuplicateFinder:
         self.n = 0
 
     def add_text(self, text: str) -> int:
-        i = self.n
-        self.n += 1
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        first = self._digests.setdefault(digest, i)
-        if first != i:
-            self._exact_of[i] = first
-        hashes = word_hashes(text)[: MAX_SHINGLES + 2]
-        if len(hashes) >= 3:  # word 3-grams, hashed arithmetically from the word hashes
-            shingles = _mix(hashes[:-2] * _A + hashes[1:-1] * _B + hashes[2:])
-            shingles = np.unique(shingles & _LOW32)
-        elif len(hashes):
-            shingles = np.unique(hashes & _LOW32)
-        else:
-            shingles = np.array([_crc(text)], dtype=np.uint64)
-        m = self._minhash
-        m.clear()
-        m.update_batch(shingles.tolist())
-        self._sigs += m.hashvalues.astype(np.uint32).tobytes()
-        return i
+        return self.add_texts([text])
 
     def add(self, conv: Conversation) -> int:
-        return self.add_text(conversation_text(conv))
+        return self.add_texts([conversation_text(conv)])
+
+    def add_many(self, convs: list[Conversation]) -> int:
+        """Add many conversations at once (much faster than one by one); returns the first id."""
+        return self.add_texts([conversation_text(c) for c in convs])
+
+    def add_texts(self, texts: list[str]) -> int:
+        """Add texts in order; returns the id of the first. Signatures are exactly datasketch's
+        ``MinHash(num_perm, seed=1, hashfunc=int, scheme="affine32").update_batch(shingles)``,
+        computed for a whole batch of texts in a few array operations."""
+        first_id = self.n
+        if not texts:
+            return first_id
+        for text in texts:
+            i = self.n
+            self.n += 1
+            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            first = self._digests.setdefault(digest, i)
+            if first != i:
+                self._exact_of[i] = first
+        a, b = self._minhash.permutations
+        chunk: list[str] = []
+        size = 0
+        for text in texts:
+            chunk.append(text)
+            size += len(text)
+            if size >= _MAX_CHUNK_BYTES:
+                self._sign(chunk, a, b)
+                chunk, size = [], 0
+        if chunk:
+            self._sign(chunk, a, b)
+        return first_id
+
+    def _sign(self, texts: list[str], a: np.ndarray, b: np.ndarray) -> None:
+        values, counts = shingle_sets(texts)
+        bounds = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        hv = _fmix32(values.astype(np.uint32))
+        out = np.empty((len(counts), len(a)), dtype=np.uint32)
+        lo = 0
+        while lo < len(counts):  # whole texts per slice, ~_CHUNK_SHINGLES shingles (stays in cache)
+            hi = int(np.searchsorted(bounds, bounds[lo] + _CHUNK_SHINGLES, side="right")) - 1
+            hi = min(max(hi, lo + 1), len(counts))
+            permuted = np.multiply.outer(a, hv[bounds[lo]:bounds[hi]])  # (perm, shingle), uint32 wraps
+            permuted += b[:, None]
+            out[lo:hi] = np.minimum.reduceat(permuted, bounds[lo:hi] - bounds[lo], axis=1).T
+            lo = hi
+        self._sigs += out.tobytes()
 
     def signatures(self) -> np.ndarray:
         return np.frombuffer(self._sigs, dtype=np.uint32).reshape(self.n, self.num_perm)  # a view, no copy

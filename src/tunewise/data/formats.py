@@ -50,9 +50,15 @@ class RowError(ValueError):
     """A problem with one row; ``str()`` is the message without the location."""
 
 
+def array_source(name: str, row: int, line: int) -> str:
+    """Where a row of a JSON array is: its 1-based row number, and the line it starts on when that
+    differs (a minified array puts every row on line 1): ``"file.json: row 4 (line 1)"``."""
+    return f"{name}: row {row}" if row == line else f"{name}: row {row} (line {line})"
+
+
 @dataclass
 class RawRow:
-    source: str  # "file.jsonl:12" or "file.parquet[3]"
+    source: str  # "file.jsonl:12", "file.json: row 4 (line 1)" or "file.parquet[3]"
     index: int  # 0-based row number among rows read (good and bad)
     value: Any = None
     error: str | None = None  # read-level problem (bad JSON, bad bytes): no value
@@ -164,33 +170,47 @@ def _single_object(path: Path) -> dict | None:
 _WS = re.compile(r"\s*")
 
 
+def _utf8_problems(data: bytes) -> list[tuple[int, int, str]]:
+    """Bad UTF-8 in a file: ``(character position in the text decoded with replacement
+    characters, line, message)`` for each invalid sequence (at most 1,000)."""
+    out: list[tuple[int, int, str]] = []
+    pos = chars = 0
+    while len(out) < 1000:
+        try:
+            data[pos:].decode("utf-8")
+            break
+        except UnicodeDecodeError as err:
+            at = pos + err.start
+            chars += len(data[pos:at].decode("utf-8"))  # valid up to the bad byte
+            line = data.count(b"\n", 0, at) + 1
+            col = at - (data.rfind(b"\n", 0, at) + 1) + 1
+            out.append((chars, line, f"invalid UTF-8 byte 0x{data[at]:02x} at column {col}"))
+            chars += 1  # one replacement character per invalid sequence
+            pos = at + max(1, err.end - err.start)
+    return out
+
+
 def _iter_json_array(path: Path) -> Iterator[RawRow]:
-    """A JSON array read element by element, so each row knows the line it starts on."""
+    """A JSON array read element by element, so each row knows its number and the line it starts
+    on (sources read ``file.json: row 4 (line 1)``)."""
     name = path.name
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # Report every line with bad bytes, then read the rest with replacement characters.
-        pos = 0
-        seen = 0
-        while True:
-            try:
-                data[pos:].decode("utf-8")
-                break
-            except UnicodeDecodeError as err:
-                at = pos + err.start
-                line = data.count(b"\n", 0, at) + 1
-                col = at - (data.rfind(b"\n", 0, at) + 1) + 1
-                yield RawRow(f"{name}:{line}", -1, error=f"invalid UTF-8 byte 0x{data[at]:02x} at column {col}")
-                pos = at + max(1, err.end - err.start)
-                seen += 1
-                if seen >= 1000:
-                    break
-        del e
+        bad_bytes: list[tuple[int, int, str]] = []
+    except UnicodeDecodeError:
+        # Report every bad byte with the row it falls in, then read on with replacement characters.
+        bad_bytes = _utf8_problems(data)
         text = data.decode("utf-8", errors="replace")
+    bad_bytes.reverse()  # popped from the end, in file order
+
+    def bytes_before(stop: int, row: int) -> Iterator[RawRow]:
+        while bad_bytes and bad_bytes[-1][0] < stop:
+            _, at_line, message = bad_bytes.pop()
+            yield RawRow(array_source(name, row, at_line), row - 1, error=message)
+
     decoder = json.JSONDecoder()
     idx = _WS.match(text, 0).end() + 1  # past "["
     line = 1 + text.count("\n", 0, idx)
@@ -200,37 +220,48 @@ def _iter_json_array(path: Path) -> Iterator[RawRow]:
         idx = _WS.match(text, idx).end()
         line += text.count("\n", counted, idx)
         counted = idx
+        here = array_source(name, index + 1, line)
         if idx >= len(text):
-            yield RawRow(f"{name}:{line}", index, error="malformed JSON: the array is not closed with ']' (truncated file?)")
+            yield from bytes_before(len(text) + 1, index + 1)
+            yield RawRow(here, index, error="malformed JSON: the array is not closed with ']' (truncated file?)")
             return
         if text[idx] == "]" and index == 0:
+            yield from bytes_before(len(text) + 1, 1)
             return
         try:
             value, end = decoder.raw_decode(text, idx)
         except json.JSONDecodeError as e:
+            yield from bytes_before(len(text) + 1, index + 1)
             trunc = " (truncated file?)" if e.pos >= len(text.rstrip()) else ""
-            yield RawRow(f"{name}:{e.lineno}", index,
+            yield RawRow(array_source(name, index + 1, e.lineno), index,
                          error=f"malformed JSON: {e.msg} at column {e.colno}{trunc}; rows after this point are not read")
             return
         except RecursionError:
-            yield RawRow(f"{name}:{line}", index, error="malformed JSON: nested too deeply; rows after this point are not read")
+            yield from bytes_before(len(text) + 1, index + 1)
+            yield RawRow(here, index, error="malformed JSON: nested too deeply; rows after this point are not read")
             return
-        yield RawRow(f"{name}:{line}", index, value=value, progress=end / len(text))
+        yield from bytes_before(end, index + 1)
+        yield RawRow(here, index, value=value, progress=end / len(text))
         index += 1
         idx = _WS.match(text, end).end()
         line += text.count("\n", counted, idx)
         counted = idx
         if idx >= len(text):
-            yield RawRow(f"{name}:{line}", index, error="malformed JSON: the array is not closed with ']' (truncated file?)")
+            yield from bytes_before(len(text) + 1, index)
+            yield RawRow(f"{name}: after row {index} (line {line})", index,
+                         error="malformed JSON: the array is not closed with ']' (truncated file?)")
             return
         if text[idx] == ",":
             idx += 1
             continue
+        yield from bytes_before(len(text) + 1, index)
         if text[idx] == "]":
             if text[idx + 1:].strip():
-                yield RawRow(f"{name}:{line}", index, error="malformed JSON: extra data after the closing ']'")
+                yield RawRow(f"{name}: after row {index} (line {line})", index,
+                             error="malformed JSON: extra data after the closing ']'")
             return
-        yield RawRow(f"{name}:{line}", index, error=f"malformed JSON: expected ',' or ']' but found {text[idx]!r}; rows after this point are not read")
+        yield RawRow(f"{name}: after row {index} (line {line})", index,
+                     error=f"malformed JSON: expected ',' or ']' but found {text[idx]!r}; rows after this point are not read")
         return
 
 

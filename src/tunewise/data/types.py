@@ -26,7 +26,8 @@ class Message:
 @dataclass
 class Conversation:
     """One training example. ``tools`` is the JSON list of function definitions (a string), as ShareGPT
-    keeps it. ``source`` ("file.json:LINE", "file.parquet[ROW]") is what error messages point at.
+    keeps it. ``source`` ("file.jsonl:LINE", "file.json: row N (line L)", "file.parquet[ROW]") is what
+    error messages point at.
 
     ``meta`` keeps format details needed to write the example back losslessly (for example the
     Alpaca instruction/input split, as ``{"parts": {message_index: [instruction, input]}}``, and
@@ -40,15 +41,18 @@ class Conversation:
 
     @property
     def is_text(self) -> bool:
-        return bool(self.messages) and all(m.role == "text" for m in self.messages)
+        msgs = self.messages  # (checked first on the first message: called per example, often)
+        return bool(msgs) and msgs[0].role == "text" and all(m.role == "text" for m in msgs)
 
 
 @dataclass
 class TokenizedExample:
-    """Token ids as training sees them; ``labels`` is -100 wherever the loss is masked."""
+    """Token ids as training sees them; ``labels`` is -100 wherever the loss is masked.
+    ``n_trainable_cut`` counts the trained tokens that ``sequence_len`` cut away."""
 
     input_ids: list[int]
     labels: list[int]
     truncated: bool
     n_trainable: int
     source: str = ""
+    n_trainable_cut: int = 0

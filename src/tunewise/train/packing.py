@@ -19,8 +19,11 @@ IGNORE = -100
 
 
 def usable(example) -> bool:
-    """An example can be trained on: at least two tokens and at least one trained label."""
-    return len(example.input_ids) >= 2 and any(label != IGNORE for label in example.labels[1:])
+    """An example can be trained on: at least two tokens and at least one trained label after
+    the first (the rule :func:`tunewise.data.tokenize.skip_reason` names the reasons of)."""
+    from tunewise.data.tokenize import learnable
+
+    return learnable(example)
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:

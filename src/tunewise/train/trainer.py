@@ -57,6 +57,8 @@ class TrainResult:
     tokens_per_second: float
     trained_tokens: int
     seconds: float
+    skipped_examples: int = 0  # training examples skipped (no token to learn from), see skipped_examples()
+    skipped: dict[str, Any] | None = None  # their sources by reason (as in data_fingerprint.json)
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -330,8 +332,10 @@ def prepare_data(cfg: RunConfig, tokenizer, chat_template: str | None) -> Prepar
         train_convs, eval_convs = split_eval(train_convs, cfg.val_set_size, cfg.seed)
 
     def tokenize(convs):
+        # Examples left without a token to learn from are skipped (tunewise.data.tokenize.skip_reason),
+        # counted and named in data_fingerprint.json, the run summary and the log.
         examples = tokenize_dataset(convs, tokenizer, cfg.sequence_len, train_on=cfg.train_on,
-                                    chat_template=chat_template)
+                                    chat_template=chat_template, on_empty="keep")
         kept = [e for e in examples if usable(e)]
         return examples, kept
 
@@ -343,6 +347,7 @@ def prepare_data(cfg: RunConfig, tokenizer, chat_template: str | None) -> Prepar
             "check the data has assistant answers, raise sequence_len, or set train_on: all",
         )
     all_eval, eval_ex = tokenize(eval_convs) if eval_convs else ([], [])
+    skipped = skipped_examples(all_train, all_eval)
     train_rows = RowDataset(train_ex, cfg.sequence_len, cfg.packing)
     eval_rows = RowDataset(eval_ex, cfg.sequence_len, cfg.packing) if eval_ex else None
     fingerprint = {
@@ -352,6 +357,7 @@ def prepare_data(cfg: RunConfig, tokenizer, chat_template: str | None) -> Prepar
         "train_examples": len(train_ex),
         "eval_examples": len(eval_ex),
         "dropped_without_trained_tokens": (len(all_train) - len(train_ex)) + (len(all_eval) - len(eval_ex)),
+        "skipped_examples": skipped,
         "truncated_examples": sum(1 for e in all_train if e.truncated),
         "train_tokens": train_rows.n_tokens,
         "train_label_tokens": sum(sum(1 for x in e.labels if x != IGNORE) for e in train_ex),
@@ -363,6 +369,39 @@ def prepare_data(cfg: RunConfig, tokenizer, chat_template: str | None) -> Prepar
             (chat_template or tokenizer.chat_template or "").encode()).hexdigest(),
     }
     return PreparedData(train_rows, eval_rows, fingerprint)
+
+
+def skipped_examples(train: list, eval: list) -> dict[str, Any]:
+    """The examples training skips, by reason, each named by its source (file and row or line):
+    ``{"count": N, "cut_by_sequence_len": [...], "no_trained_tokens": [...], "eval": {...}}``."""
+    from tunewise.data.tokenize import SKIP_CUT, SKIP_MASKED, skip_reason
+
+    def by_reason(examples) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {SKIP_CUT: [], SKIP_MASKED: []}
+        for e in examples:
+            why = skip_reason(e)
+            if why is not None:
+                out[why].append(e.source or "?")
+        return out
+
+    t, e = by_reason(train), by_reason(eval)
+    return {"count": len(t[SKIP_CUT]) + len(t[SKIP_MASKED]), **t,
+            "eval": {"count": len(e[SKIP_CUT]) + len(e[SKIP_MASKED]), **e}}
+
+
+def describe_skipped(skipped: dict[str, Any], sequence_len: int, limit: int = 10) -> list[str]:
+    """Log lines naming the skipped examples (at most ``limit`` sources per reason)."""
+    from tunewise.data.tokenize import SKIP_CUT, SKIP_MASKED
+
+    lines = []
+    for part, where in ((skipped, "training"), (skipped.get("eval") or {}, "eval")):
+        for reason, why in ((SKIP_CUT, f"sequence_len={sequence_len} cuts away the whole response"),
+                            (SKIP_MASKED, "no turn is trained")):
+            names = part.get(reason) or []
+            if names:
+                shown = "; ".join(names[:limit]) + (f"; … and {len(names) - limit} more" if len(names) > limit else "")
+                lines.append(f"skipped {len(names)} {where} example{'s' if len(names) != 1 else ''} ({why}): {shown}")
+    return lines
 
 
 def _lora_config(cfg: RunConfig):
@@ -663,6 +702,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
         f"{fp['train_examples']} examples → {fp['train_rows']} rows of ≤{cfg.sequence_len} tokens"
         + (f", {fp['eval_examples']} eval examples" if data.eval else "")
     )
+    for line in describe_skipped(fp.get("skipped_examples") or {}, cfg.sequence_len):
+        console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
     model = build_model(cfg, precision, backend)
     progress_cb = RichProgressCallback(console=console) if progress else None
     title = f"{cfg.method} on {Path(cfg.base_model).name or cfg.base_model} — {out.name}"
@@ -734,6 +775,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
                            if session_tokens else (speeds[-1]["tokens_per_second"] if speeds else 0.0)),
         trained_tokens=int(trainer.state.num_input_tokens_seen * max(trainer.args.world_size, 1)),
         seconds=seconds,
+        skipped_examples=int((fp.get("skipped_examples") or {}).get("count", 0)),
+        skipped=fp.get("skipped_examples"),
     )
     if trainer.is_world_process_zero():
         plot_loss(out, title)
