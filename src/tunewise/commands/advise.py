@@ -247,12 +247,20 @@ def estimate_cmd(
                                                                   "or the run config's method)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=16, help="Sequence length (default 2048 or the run config's)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="Micro-batch size (default 1 or the run config's)."),
+    micro_batch_tokens: Optional[int] = typer.Option(None, "--micro-batch-tokens", min=64,
+                                                     help="Most tokens per forward/backward pass (default: the run config's)."),
     checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
                                                  help="Recompute activations (default on, or the run config's)."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", min=1, help="LoRA rank (default 16 or the run config's)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, bf16, fp16 or fp32 (default auto, or the "
+                                            "run config's; auto = bf16 on GPUs and on CPUs with native bf16, else fp32)."),
+    longest_example: Optional[int] = typer.Option(None, "--longest-example", min=1,
+                                                  help="Tokens of the longest example (`tunewise data check` shows it); "
+                                                       "default: the sequence length."),
     pure_bf16: bool = typer.Option(False, "--pure-bf16", help="Full fine-tuning with bf16 weights and optimizer states."),
     examples: int = typer.Option(10_000, "--examples", min=1, help="Training examples."),
-    tokens_per_example: int = typer.Option(512, "--tokens-per-example", min=1, help="Average tokens per example."),
+    tokens_per_example: int = typer.Option(512, "--tokens-per-example", min=1, help="Average tokens per example "
+                                           "(also the span attention covers)."),
     epochs: float = typer.Option(3.0, "--epochs", min=0.01, help="Epochs."),
     utilisation: float = typer.Option(0.35, "--utilisation", help="Assumed fraction of GPU peak FLOPS achieved."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only show this GPU."),
@@ -265,60 +273,44 @@ def estimate_cmd(
 ) -> None:
     """Memory, GPUs that fit, training time and rental cost for full, LoRA and QLoRA fine-tuning.
 
+    A run config is estimated as `tunewise train` runs it (every setting it has); flags override it.
+
     Example: [bold]tunewise estimate 8b --examples 5000 --seq-len 1024[/]
     """
     from tunewise.costs import check_currency, find_gpu, load_fx, load_gpus
-    from tunewise.estimate import GB, METHODS, TrainingSetup, estimate, run_config_setup
+    from tunewise.estimate import GB, cpu_estimates, estimate, load_shape, setup_from
 
     cur = check_currency(currency)
-    methods = METHODS
-    from_config = run_config_setup(model)
-    base = from_config[0] if from_config else TrainingSetup()
-    if from_config and method is None:
-        method = from_config[1]
-    if method is not None:
-        if method not in METHODS:
-            raise TunewiseError(f"unknown --method '{method}'", "use full, lora or qlora")
-        methods = (method,)
+    flags = {
+        "method": method, "sequence_len": seq_len, "micro_batch_size": micro_batch,
+        "micro_batch_tokens": micro_batch_tokens, "gradient_checkpointing": checkpointing, "lora_r": lora_r,
+        "precision": precision, "longest_example": longest_example, "example_tokens": tokens_per_example,
+        "full_weight_dtype": "bf16" if pure_bf16 else None,
+    }
+    setup = setup_from(model, **flags)
     gpus = load_gpus(gpus_file)
     if gpu is not None:
         key = find_gpu(gpu, gpus)
         gpus = {key: gpus[key]}
     rate = 1.0 if cur == "USD" else (inr_rate or float(load_fx()["usd_to"]["INR"]))
-    setup = TrainingSetup(
-        sequence_len=seq_len or base.sequence_len,
-        micro_batch_size=micro_batch or base.micro_batch_size,
-        gradient_checkpointing=base.gradient_checkpointing if checkpointing is None else checkpointing,
-        lora_r=lora_r or base.lora_r,
-        full_weight_dtype="bf16" if pure_bf16 else "fp32",
-        fused_loss=base.fused_loss,
-    )
     est = estimate(model, setup, training_tokens=examples * tokens_per_example * epochs, utilisation=utilisation,
-                   gpus=gpus, methods=methods)
+                   gpus=gpus)
     here = []
-    if this_machine:
-        from dataclasses import replace
-
-        from tunewise.estimate import cpu_dtype, cpu_estimate, load_shape, measure_matmul_peak
-
-        shape = load_shape(model)
-        peak = measure_matmul_peak(cpu_dtype())  # once, shared by the methods
-        trained_here = replace(setup, fused_loss=True, lean_activations=True)  # how tunewise train runs
-        here = [(m.method, cpu_estimate(shape, m.method, trained_here, est.training_tokens, peak_flops=peak))
-                for m in est.methods]
+    if this_machine:  # as `tunewise train` would run here (a run config already is)
+        here = cpu_estimates(load_shape(model), setup_from(model, tunewise_train=True, **flags), est.training_tokens,
+                             methods=tuple(m.method for m in est.methods))
     if as_json:
         d = est.as_dict()
         d["currency"], d["rate_per_usd"] = cur, rate
         if here:
-            d["this_machine"] = {m: c.as_dict() for m, c in here}
+            d["this_machine"] = {c.method: c.as_dict() for c in here}
         print(json.dumps(d, indent=2, default=str))
         return
     from tunewise.costs import format_money
 
     console.print(f"[bold]{est.model}[/]: {est.parameters / 1e9:.2f}B parameters; "
                   f"{est.training_tokens / 1e6:.1f}M training tokens ({examples:,} × {tokens_per_example} × {epochs:g}); "
-                  f"seq {setup.sequence_len}, micro-batch {setup.micro_batch_size}, gradient checkpointing {'on' if setup.gradient_checkpointing else 'off'}",
-                  highlight=False)
+                  f"{setup.describe()}", highlight=False)
     mem = Table(title="Peak training memory (GB)")
     for col in ("method", "weights", "adapters", "gradients", "optimizer", "activations", "logits", "overhead", "total"):
         mem.add_column(col, justify="right")
@@ -339,15 +331,23 @@ def estimate_cmd(
                       format_money(f.usd * rate, cur) if f.usd is not None else "—")
         console.print(t)
     if here:
-        c0 = here[0][1]
+        c0 = here[0]
         t = Table(title=f"This machine: {c0.threads} CPU threads, {c0.dtype} matmul peak {c0.peak_flops / 1e9:.0f} "
                         f"GFLOP/s (measured now), utilisation {c0.utilisation:.0%} assumed")
-        for col in ("method", "tokens/s", "hours", "memory", "RAM"):
+        for col in ("method", "tokens/s", "hours", "peak memory", "this machine's RAM"):
             t.add_column(col, justify="right")
-        for m, c in here:
+        for c in here:
             fits = "" if c.memory <= c.ram else " [red](does not fit)[/]"
-            t.add_row(m, f"{c.tokens_per_second:,.1f}", f"{c.hours:,.1f}", f"{c.memory / GB:.1f} GB{fits}", f"{c.ram / GB:.0f} GB")
+            t.add_row(c.method, f"{c.tokens_per_second:,.1f}", f"{c.hours:,.1f}", f"{c.memory / GB:.1f} GB{fits}",
+                      f"{c.ram / GB:.0f} GB")
         console.print(t)
+        console.print(f"[dim]Peak memory here: the whole training process in {c0.dtype} ({c0.baseline / GB:.2f} GB of it "
+                      f"Python, torch, transformers and PEFT before the model loads; {c0.heap_slack / GB:.2f} GB what the "
+                      "allocator keeps of freed temporaries).[/]", highlight=False)
+        for c in here:
+            if c.memory_examples_fit is not None:
+                console.print(f"[dim]{c.method}: {c.memory_examples_fit / GB:.1f} GB if no example is longer than "
+                              f"micro_batch_tokens ({setup.micro_batch_tokens}).[/]", highlight=False)
     for n in est.notes:
         console.print(f"[dim]{n}[/]", highlight=False)
 
