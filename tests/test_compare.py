@@ -206,7 +206,8 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     for name in ("prompt", "few_shot", "rag", "finetuned"):
         assert by[name]["model_params"] == by["prompt"]["model_params"] > 0
         assert by[name]["decode_tokens_per_s"] > 0
-    assert "decode_tokens_per_s" not in api
+    assert "decode_tokens_per_s" not in api and "other_cpu_load" not in api
+    assert by["prompt"]["other_cpu_load"] >= 0
     # fine-tuned: training figures and cost from summary.json (360 s at ₹36/hour = ₹3.60)
     assert by["finetuned"]["training"]["cost"] == pytest.approx(3.6)
     assert rep["recommendation"]["arm"] in by and rep["recommendation"]["statements"]

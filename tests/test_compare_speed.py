@@ -59,3 +59,36 @@ def test_decode_rate_needs_two_tokens_and_a_first_token_time():
     assert Generation("x", 5, 1, True, 1.0, 0.5).decode_tokens_per_s is None
     assert Generation("x", 5, 9, True, 1.0, None).decode_tokens_per_s is None
     assert Generation("x", 5, 9, False, 1.0, 0.2).decode_tokens_per_s == pytest.approx(10.0)
+
+
+def test_other_load_sees_another_process_but_not_our_own_work():
+    import subprocess
+    import sys
+    import time
+
+    from tunewise.compare.speed import OtherLoad
+
+    with OtherLoad() as ours:  # busy in this process: not "other" load
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            pass
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)  # past the interpreter's start-up
+        with OtherLoad() as theirs:
+            time.sleep(1.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert theirs.cores > 0.6  # one core spinning in another process
+    assert ours.cores < theirs.cores - 0.4
+
+
+def test_load_warnings_name_the_contaminated_local_arms():
+    from tunewise.compare.speed import load_warnings
+
+    arms = [{**arm("prompt", 8.0), "other_cpu_load": 0.05},
+            {**arm("finetuned", 4.0, kind="finetuned"), "other_cpu_load": 0.9},
+            {**arm("api", None, kind="api"), "other_cpu_load": 1.5}]
+    notes = load_warnings(arms)
+    assert len(notes) == 1 and notes[0].startswith("while 'finetuned' answered, other processes kept 0.90 cores")

@@ -24,7 +24,7 @@ from tunewise.compare.arms import (
 from tunewise.compare.config import ARM_TYPES, CompareConfig
 from tunewise.compare.recommend import api_cost_per_1k_usd, local_cost_per_1k, recommend, usd_rate_for
 from tunewise.compare.report import render_html
-from tunewise.compare.speed import decode_parity
+from tunewise.compare.speed import OtherLoad, decode_parity, load_warnings
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
     EvalExample,
@@ -244,7 +244,10 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
                     runner.index = RagIndex.build(arm_cfg.docs, index_dir=idx_dir, progress=not con.quiet)
         rep["model"] = runner.model_ref
         con.print(f"[bold]{name}[/] ({kind}, {step}): answering {len(examples)} questions with {runner.model_ref}")
-        answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
+        with OtherLoad() as load:
+            answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
+        if kind != "api":
+            rep["other_cpu_load"] = load.cores
         if kind != "api":
             # what decode_parity compares: the model's size and its decoding rate (after the first token)
             mdl, _ = models.get(runner.model_ref)
@@ -304,7 +307,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
                   f"{_money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
         arm_reports.append(rep)
 
-    speed_notes = decode_parity(arm_reports)
+    speed_notes = load_warnings(arm_reports) + decode_parity(arm_reports)
     for note in speed_notes:
         con.print(f"[yellow]warning: {note}[/]")
     rec = recommend(arm_reports, cfg.quality_tolerance, cfg.currency, cfg.min_quality, primary)

@@ -1,11 +1,19 @@
 """Decode-speed parity between local arms: a local arm's cost per query is priced from its measured
 speed, so two arms running a model of the same size at the same context length must decode at about
-the same rate. When they do not, something other than the approach is being measured (a slowed
-process, another dtype, an unmerged adapter) and the cost comparison would be wrong: compare says so.
+the same rate. When they do not, something other than the approach is being measured and the cost
+comparison would be wrong: compare says so.
+
+The usual cause, measured (docs/compare.md, "Decode speed"): other processes on the machine. PyTorch
+decodes one sequence on all cores with OpenMP, whose threads meet at a barrier after every small
+op; when another process takes one of two cores, every op waits for the descheduled thread and
+decoding fell from 14.5 to 5.8 tokens/s (fp32, AVX2 path) and from 21.6 to 4.8 (bf16) with a single
+busy process beside it. So compare also measures how much CPU *other* processes used while each
+local arm answered (:class:`OtherLoad`) and names the arms whose timings that contaminated.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 # Arms of equal model size whose decoding rates (tokens/s after the first token, median over the
@@ -48,3 +56,53 @@ def decode_parity(arms: list[dict[str, Any]], margin: float = DECODE_SPEED_MARGI
                     f"reflect the machine (other load, memory) rather than the approach; rerun the "
                     f"comparison on a quiet machine before trusting its cost column")
     return warnings
+
+
+# Other processes keeping more than this many cores busy (on average, while an arm answered) make
+# its timings unreliable: a quarter of a core already cost decoding ~20 % on the 2-core machine.
+OTHER_LOAD_CORES = 0.25
+
+
+class OtherLoad:
+    """Average number of cores that *other* processes kept busy during a ``with`` block: the
+    machine's busy CPU time (psutil, all processes) minus this process's own (children included),
+    divided by the wall time. ``cores`` is set on exit."""
+
+    def __init__(self):
+        self.cores: float | None = None
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    @staticmethod
+    def _own() -> float:
+        import psutil
+
+        t = psutil.Process().cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self) -> "OtherLoad":
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        wall = time.perf_counter() - self._t0
+        other = (self._busy() - self._busy0) - (self._own() - self._own0)
+        self.cores = max(0.0, other / wall) if wall > 0 else 0.0
+        return False
+
+
+def load_warnings(arms: list[dict[str, Any]], limit: float = OTHER_LOAD_CORES) -> list[str]:
+    """Warnings for local arms that answered while other processes kept more than ``limit`` cores busy."""
+    out = []
+    for a in arms:
+        load = a.get("other_cpu_load")
+        if a.get("status") == "ok" and a.get("kind") != "api" and load is not None and load > limit:
+            out.append(f"while '{a['name']}' answered, other processes kept {load:.2f} cores of this machine busy: "
+                       f"its latency and cost per query are inflated (a busy core slowed decoding 2.5-4.5x in "
+                       f"tunewise's measurements); rerun on a quiet machine")
+    return out
