@@ -53,6 +53,7 @@ def test_generation_times_its_first_token(tiny_model_dir):
         assert g.output_tokens >= 2  # a random tiny model rarely stops by itself
         assert 0 < g.ttft_s < g.seconds
         assert g.decode_tokens_per_s == pytest.approx((g.output_tokens - 1) / (g.seconds - g.ttft_s))
+    assert "".join(streamed).strip() == g.text  # the timer passes the tokens on to the text stream
 
 
 def test_decode_rate_needs_two_tokens_and_a_first_token_time():

@@ -42,6 +42,25 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return sorted(ids)
 
 
+class _FirstTokenTimer:
+    """A generate() streamer that notes when the first new token arrives (generate hands a streamer
+    the prompt first, then each new token) and passes everything on to ``inner`` when given."""
+
+    def __init__(self, inner=None):
+        self.inner, self.calls, self.first_token = inner, 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token = time.perf_counter()
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+
+
 def generate(
     model,
     tokenizer,
@@ -57,7 +76,6 @@ def generate(
     """
     import torch
     from transformers import TextStreamer
-    from transformers.generation.streamers import BaseStreamer
 
     prompt = render_prompt(tokenizer, messages)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -74,38 +92,16 @@ def generate(
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
 
-    first_token: list[float] = []
-
-    class _FirstToken(BaseStreamer):
-        """generate() hands a streamer the prompt, then each new token: the second call times the first."""
-
-        calls = 0
-
-        def put(self, value):
-            self.calls += 1
-            if self.calls == 2:
-                first_token.append(time.perf_counter())
-
-        def end(self):
-            pass
-
-    streamer: BaseStreamer = _FirstToken()
+    text_stream = None
     if on_text is not None:
 
-        class _Stream(TextStreamer):
-            calls = 0
-
-            def put(self, value):
-                self.calls += 1
-                if self.calls == 2:
-                    first_token.append(time.perf_counter())
-                super().put(value)
-
+        class _Text(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False):
                 if text:
                     on_text(text)
 
-        streamer = _Stream(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        text_stream = _Text(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _FirstTokenTimer(text_stream)
     kwargs["streamer"] = streamer
 
     start = time.perf_counter()
@@ -115,5 +111,5 @@ def generate(
     new = out[0, enc["input_ids"].shape[1]:].tolist()
     stopped = bool(new) and new[-1] in stops
     text = tokenizer.decode(new, skip_special_tokens=True)
-    ttft = first_token[0] - start if first_token else None
+    ttft = streamer.first_token - start if streamer.first_token is not None else None
     return Generation(text.strip(), int(enc["input_ids"].shape[1]), len(new), stopped, seconds, ttft)
