@@ -17,6 +17,8 @@ first two configurations here (docs/advise.md); the other two are the check. Tar
 within 25% of measured.
 
 Run: .venv/bin/python bench/estimate_vs_measured.py [--steps 6] [--method qlora] [--configs N] [--json FILE]
+     [--isa avx2]   # emulate an AVX2-only CPU (tunewise.hardware.isa_cap_env): fp32 predicted and trained
+The CPU line (model, kind, cores, flags) is printed and recorded in --json.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--method", default="lora", choices=["lora", "qlora"], help="what to train (default lora)")
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="run only the first N shapes")
+    ap.add_argument("--isa", choices=["native", "avx2", "avx512"], default="native",
+                    help="emulate an older CPU on this one (figures are labelled emulated)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -152,7 +156,11 @@ def main() -> None:
             r[key] = runs["memory"][key]
         results.append(r)
     r0 = results[0]
-    print(f"\n{r0['dtype']} matmul peak measured in each run: "
+    from tunewise.hardware import cpu_info, describe_cpu
+
+    cpu = cpu_info()
+    print(f"\nCPU: {describe_cpu(cpu)} (flags: {' '.join(cpu['flags']) or '-'})")
+    print(f"{r0['dtype']} matmul peak measured in each run: "
           f"{', '.join(format(r['matmul_gflops'], '.0f') for r in results)} GFLOP/s ({r0['threads']} threads); "
           f"assumed utilisation {r0['utilisation_assumed']:.0%}; load average now {os.getloadavg()[0]:.1f}")
     print(f"{'seq x mb':<10}{'ckpt':<6}{'pred tok/s':>11}{'meas tok/s':>11}{'ratio':>7}{'achieved':>9}  "
@@ -168,8 +176,12 @@ def main() -> None:
     mem_ok = all(abs(r["memory_ratio"] - 1) <= 0.25 for r in results)
     print(f"tokens/s within 25%: {'yes' if speed_ok else 'NO'}; memory within 25%: {'yes' if mem_ok else 'NO'}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        args.json.write_text(json.dumps({"cpu": cpu, "cpu_line": describe_cpu(cpu), "results": results}, indent=2),
+                             encoding="utf-8")
 
 
 if __name__ == "__main__":
+    from tunewise.hardware import restart_with_isa
+
+    restart_with_isa(str(Path(__file__).resolve()), sys.argv[1:], dict(os.environ))
     main()

@@ -498,23 +498,9 @@ def main() -> None:
                                         indent=1), encoding="utf-8")
 
 
-def reexec_with_isa_caps() -> None:
-    """``--isa avx2``: restart this script with the instruction-set caps in the environment (they
-    must be set before torch loads, and every arm's subprocess inherits them)."""
-    argv = sys.argv[1:]
-    isa = next((a.split("=", 1)[1] for a in argv if a.startswith("--isa=")), None)
-    if isa is None and "--isa" in argv and argv.index("--isa") + 1 < len(argv):
-        isa = argv[argv.index("--isa") + 1]
-    if not isa or isa == "native" or os.environ.get("TUNEWISE_CPU_ISA") == isa:
-        return
-    sys.path.insert(0, str(REPO / "src"))
-    from tunewise.hardware import isa_cap_env
-
-    env = {**BASE_ENV, **isa_cap_env(isa)}
-    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
-
-
 if __name__ == "__main__":
-    reexec_with_isa_caps()
+    from tunewise.hardware import restart_with_isa
+
+    restart_with_isa(str(Path(__file__).resolve()), sys.argv[1:], BASE_ENV)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -145,3 +145,21 @@ def test_matmul_peak_is_the_best_shape_and_skips_hopeless_ones(monkeypatch):
     assert peak > 0
     assert (10_000, 10_000) not in calls
     assert calls[:2] == [(64, 64), (64, 64)] and (96, 96) in calls  # smallest first
+
+
+def test_restart_with_isa_execs_once_with_the_caps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hardware.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    monkeypatch.delenv("TUNEWISE_CPU_ISA", raising=False)
+    for argv in ([], ["--steps", "2"], ["--isa", "native"], ["--isa=sse9"], ["--isa"]):
+        hardware.restart_with_isa("bench.py", argv, {"PATH": "/bin"})  # nothing to do / left to argparse
+    assert calls == []
+    hardware.restart_with_isa("bench.py", ["--steps", "2", "--isa", "avx2"], {"PATH": "/bin"})
+    hardware.restart_with_isa("bench.py", ["--isa=avx512"], {})
+    (argv, env), (argv2, env2) = calls
+    assert argv[1:] == ["bench.py", "--steps", "2", "--isa", "avx2"]
+    assert env == {"PATH": "/bin", **hardware.isa_cap_env("avx2")}
+    assert env2["TUNEWISE_CPU_ISA"] == "avx512"
+    monkeypatch.setenv("TUNEWISE_CPU_ISA", "avx2")  # the restarted process: no second restart
+    hardware.restart_with_isa("bench.py", ["--isa", "avx2"], {})
+    assert len(calls) == 2

@@ -117,3 +117,22 @@ def describe_cpu(info: dict[str, Any] | None = None) -> str:
     """One line for a figure's caption: "MODEL, KIND, N cores"."""
     i = info or cpu_info()
     return f"{i['model']}, {i['kind']}, {i['cores']} core{'s' if i['cores'] != 1 else ''}"
+
+
+def restart_with_isa(script: str, argv: list[str], base_env: dict[str, str]) -> None:
+    """For benchmarks' ``--isa X`` (or ``--isa=X``) in ``argv``: re-execute ``script argv`` with
+    :func:`isa_cap_env` (the caps must be in place before torch loads, and child processes inherit
+    them). Returns when there is nothing to do: no ``--isa``, "native", an unknown name (the
+    script's own argument parser reports it), or this process already runs under it."""
+    import sys
+
+    isa = None
+    for i, a in enumerate(argv):
+        if a.startswith("--isa="):
+            isa = a.split("=", 1)[1]
+        elif a == "--isa" and i + 1 < len(argv):
+            isa = argv[i + 1]
+    if not isa or isa not in _ISA_CAPS or os.environ.get("TUNEWISE_CPU_ISA") == isa:
+        return
+    env = {**base_env, **isa_cap_env(isa)}
+    os.execve(sys.executable, [sys.executable, script, *argv], env)
