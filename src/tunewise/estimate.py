@@ -23,7 +23,7 @@ Everything is computed from the model's shapes (config.json) and the training se
   of one forward pass (micro-batch x sequence length, or a ``micro_batch_tokens`` piece, which one
   example may fill up to its own length); plus the logits path: logits, their fp32 copy,
   the saved log-softmax and its gradient, b*s*V elements each — or, with tunewise's fused loss for
-  a frozen head (LoRA/QLoRA), one 16 MiB chunk of fp32 logits at a time and no saved logits;
+  a frozen head (LoRA/QLoRA), one 32 MiB chunk of fp32 logits at a time and no saved logits;
 * a fixed **runtime overhead** (CUDA context, allocator slack) for GPUs; on a CPU a calibrated
   working memory, and, for the whole process, what the allocator keeps of freed temporaries and
   what the imported libraries hold (:func:`cpu_estimate`).
@@ -729,7 +729,7 @@ def estimate(
     notes = [
         f"Utilisation (model-FLOPs utilisation) assumed {utilisation:.0%} of each GPU's dense bf16 peak.",
         f"QLoRA time x{QLORA_SLOWDOWN} for NF4 de-quantisation (assumption).",
-        ("Logits: tunewise's fused frozen-head loss for LoRA/QLoRA (one 16 MiB chunk of logits at a time); "
+        ("Logits: tunewise's fused frozen-head loss for LoRA/QLoRA (one 32 MiB chunk of logits at a time); "
          "full fine-tuning counts a plain cross-entropy." if s.fused_loss else
          "Logits assume a plain cross-entropy (b·s·vocab fp32 tensors); fused/chunked losses (tunewise train, "
          "Unsloth, Liger) need much less."),
