@@ -247,9 +247,9 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         with OtherLoad() as load:
             answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
         if kind != "api":
+            # what load_warnings and decode_parity read: other processes' CPU while the arm answered,
+            # the model's size and its decoding rate (after the first token)
             rep["other_cpu_load"] = load.cores
-        if kind != "api":
-            # what decode_parity compares: the model's size and its decoding rate (after the first token)
             mdl, _ = models.get(runner.model_ref)
             rep["model_params"] = sum(p.numel() for p in mdl.parameters())
             rates = [r for r in (getattr(a, "decode_tokens_per_s", None) for a in answers) if r]
