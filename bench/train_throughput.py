@@ -234,11 +234,9 @@ def arm_tunewise(model_dir: str, train_file: Path, out: Path, steps: int, meter:
         **settings,
     )
     result = train(cfg, progress=False, overwrite=True)
-    dtype = settings.get("precision", "auto")
-    if dtype == "auto":
-        from tunewise.models import bf16_native
+    from tunewise.models import resolve_precision
 
-        dtype = "bf16" if bf16_native() else "fp32"
+    dtype = resolve_precision(settings.get("precision", "auto"), "cpu")
     return {"adapter": str(result.adapter_dir), "compute_dtype": "bf16" if dtype == "bf16" else "fp32",
             "settings": settings, "tunewise_reported_tokens_per_second": result.tokens_per_second}
 

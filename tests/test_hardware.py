@@ -163,3 +163,17 @@ def test_restart_with_isa_execs_once_with_the_caps(monkeypatch):
     monkeypatch.setenv("TUNEWISE_CPU_ISA", "avx2")  # the restarted process: no second restart
     hardware.restart_with_isa("bench.py", ["--isa", "avx2"], {})
     assert len(calls) == 2
+
+
+def test_train_and_estimate_resolve_precision_one_way(monkeypatch):
+    """`precision: auto` and the explicit choices mean the same in train and estimate."""
+    from tunewise.estimate import cpu_dtype
+    from tunewise.train.trainer import resolve_precision as train_precision
+
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(hardware, "cpu_info", lambda *a, n=native: {"native_bf16": n})
+        assert train_precision("auto") == cpu_dtype("auto") == want
+    assert train_precision("fp32") == cpu_dtype("fp32") == "fp32"
+    for resolve in (train_precision, cpu_dtype):
+        with pytest.raises(TunewiseError, match="fp16 needs a CUDA GPU"):
+            resolve("fp16")

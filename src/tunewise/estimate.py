@@ -616,16 +616,11 @@ class CpuEstimate:
 
 
 def cpu_dtype(precision: str = "auto") -> str:
-    """The dtype `tunewise train` computes in on this CPU for a run's ``precision``: auto is bf16
-    where the CPU has bf16 matmul instructions, else fp32 — :func:`tunewise.models.bf16_native`,
-    the test `tunewise train` resolves ``precision: auto`` with."""
-    if precision == "auto":
-        from tunewise.models import bf16_native
+    """The dtype `tunewise train` computes in on this CPU for a run's ``precision``
+    (:func:`tunewise.models.resolve_precision` on the CPU: auto is bf16 only with bf16 matmul)."""
+    from tunewise.models import resolve_precision
 
-        return "bf16" if bf16_native("cpu") else "fp32"
-    if precision == "fp16":
-        raise TunewiseError("precision: fp16 needs a CUDA GPU", "set precision: auto or bf16 to train on a CPU")
-    return precision
+    return resolve_precision(precision, "cpu")
 
 
 def cpu_estimate(shape: ModelShape, method: Method, setup: TrainingSetup, training_tokens: float,

@@ -289,6 +289,23 @@ def bf16_native(device: str | None = None) -> bool:
     return dev == "cpu" and cpu_has_native_bf16()
 
 
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """A run's ``precision`` as `tunewise train` computes on ``device`` (default: this machine's):
+    auto -> bf16 where the hardware computes it natively (:func:`bf16_native`), else fp32; explicit
+    choices are checked against the device."""
+    import torch
+
+    dev = device or default_device()
+    cuda = dev.startswith("cuda") and torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if bf16_native(dev) else "fp32"
+    if precision == "fp16" and not cuda:
+        raise TunewiseError("precision: fp16 needs a CUDA GPU", "set precision: auto or bf16")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise TunewiseError("precision: bf16 is not supported by this GPU", "set precision: fp16 or auto")
+    return precision
+
+
 def resolve_dtype(dtype: Any = None, device: str | None = None):
     """``None``/"auto": bf16 where the hardware computes it natively (see :func:`bf16_native`),
     else fp32. Also accepts names and dtypes."""

@@ -23,6 +23,7 @@ from transformers import Trainer, TrainerCallback
 
 from tunewise.config import RunConfig, dump_config
 from tunewise.errors import TunewiseError
+from tunewise.models import resolve_precision
 from tunewise.paths import atomic_dir, atomic_write_text
 from tunewise.train.loss import IGNORE, summed_loss
 from tunewise.train import attention, distributed, fused
@@ -235,22 +236,6 @@ def check_finite_parameters(model, step: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_precision(precision: str) -> str:
-    """auto -> bf16 on a GPU that supports it or a CPU with bf16 matmul, else fp32; explicit
-    choices are checked."""
-    from tunewise.models import bf16_native
-
-    cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if bf16_native() else "fp32"
-    if precision == "fp16" and not cuda:
-        raise TunewiseError("precision: fp16 needs a CUDA GPU", "set precision: auto or bf16")
-    if precision == "bf16" and cuda and not bf16_ok:
-        raise TunewiseError("precision: bf16 is not supported by this GPU", "set precision: fp16 or auto")
-    return precision
 
 
 def resolve_backend(backend: str) -> str:
