@@ -75,14 +75,16 @@ def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> d
     from transformers import Trainer
 
     from tunewise.config import RunConfig
-    from tunewise.estimate import TrainingSetup, cpu_estimate, load_shape
+    from tunewise.estimate import cpu_estimate, load_shape, setup_from
     from tunewise.train import train
 
-    shape = load_shape("smollm2-135m")
-    setup = TrainingSetup(sequence_len=seq, micro_batch_size=batch, gradient_checkpointing=ckpt, lora_r=16,
-                          fused_loss=True, lean_activations=True)
-    pred = cpu_estimate(shape, method, setup, training_tokens=1.0)
     work = Path(tempfile.mkdtemp(prefix="tunewise-est-"))
+    cfg = RunConfig(base_model="smollm2-135m", method=method, datasets=[{"path": str(DATA), "format": "alpaca"}],
+                    sequence_len=seq, micro_batch_size=batch, gradient_accumulation_steps=1, packing=True,
+                    gradient_checkpointing=ckpt, lora_r=16, lora_alpha=32, max_steps=steps, learning_rate=1e-4,
+                    warmup_ratio=0.0, save_steps=None, output_dir=str(work / "run"), seed=0)
+    # the prediction is for exactly the run trained below (estimate.setup_from, as `tunewise estimate RUN.yaml`)
+    pred = cpu_estimate(load_shape("smollm2-135m"), method, setup_from(cfg), training_tokens=1.0)
     gc.collect()
     baseline = psutil.Process().memory_info().rss
     sampler = PeakRss()
@@ -96,10 +98,6 @@ def one(seq: int, batch: int, ckpt: bool, steps: int, method: str = "lora") -> d
             sampler.active = False
 
     Trainer.train = sampled_train
-    cfg = RunConfig(base_model="smollm2-135m", method=method, datasets=[{"path": str(DATA), "format": "alpaca"}],
-                    sequence_len=seq, micro_batch_size=batch, gradient_accumulation_steps=1, packing=True,
-                    gradient_checkpointing=ckpt, lora_r=16, lora_alpha=32, max_steps=steps, learning_rate=1e-4,
-                    warmup_ratio=0.0, save_steps=None, output_dir=str(work / "run"), seed=0)
     res = train(cfg, progress=False)
     sampler.stop()
     mem = pred.breakdown
