@@ -77,18 +77,23 @@ def test_eta_counts_down_during_a_slow_item(every_item):
     p.close()
 
 
+def _drive(items: int, seconds_each: float) -> list[str]:
+    """The lines a 100-step task prints when ``items`` steps of ``seconds_each`` (fake clock) are done."""
+    con, buf = log_console()
+    clock = FakeClock()
+    with ProgressTask("t", 100, unit="step", console=con, clock=clock, heartbeat=False) as p:
+        for _ in range(items):
+            clock.t += seconds_each
+            p.update(advance=1)
+    return buf.getvalue().splitlines()
+
+
 def test_cadence_is_every_n_items_or_every_t_seconds_whichever_first(monkeypatch):
     monkeypatch.delenv("TUNEWISE_PROGRESS", raising=False)
     # items only: 100 items at 1 s each, a line every 25 items, none from the clock
     monkeypatch.setenv("TUNEWISE_PROGRESS_EVERY", "100000")
     monkeypatch.setenv("TUNEWISE_PROGRESS_ITEMS", "25")
-    con, buf = log_console()
-    clock = FakeClock()
-    with ProgressTask("t", 100, unit="step", console=con, clock=clock, heartbeat=False) as p:
-        for _ in range(100):
-            clock.t += 1.0
-            p.update(advance=1)
-    got = buf.getvalue().splitlines()
+    got = _drive(items=100, seconds_each=1.0)
     assert [ln.split(" ·")[0] for ln in got] == ["t: 25/100 steps (25%)", "t: 50/100 steps (50%)",
                                                  "t: 75/100 steps (75%)", "t: done 100/100 steps in 1m40s"]
     assert got[0].endswith("elapsed 25s · ETA 1m15s")
@@ -96,13 +101,7 @@ def test_cadence_is_every_n_items_or_every_t_seconds_whichever_first(monkeypatch
     # time first: a line every 10 s (items every 4 s), the default 10% count (10 items) never reached first
     monkeypatch.setenv("TUNEWISE_PROGRESS_EVERY", "10")
     monkeypatch.delenv("TUNEWISE_PROGRESS_ITEMS")
-    con, buf = log_console()
-    clock = FakeClock()
-    with ProgressTask("t", 100, unit="step", console=con, clock=clock, heartbeat=False) as p:
-        for _ in range(9):
-            clock.t += 4.0
-            p.update(advance=1)
-    heads = [ln.split(" ·")[0] for ln in buf.getvalue().splitlines()]
+    heads = [ln.split(" ·")[0] for ln in _drive(items=9, seconds_each=4.0)]
     assert heads == ["t: 3/100 steps (3%)", "t: 6/100 steps (6%)", "t: 9/100 steps (9%)", "t: stopped at 9/100 steps in 36s"]
 
 
