@@ -49,8 +49,11 @@ def smol_tokenizer(smol_tokenizer_dir):
     return AutoTokenizer.from_pretrained(str(smol_tokenizer_dir))
 
 
-def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A random Llama (2 layers, hidden 64) with the real tokenizer, saved as a HF directory."""
+def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2, tie: bool = True) -> Path:
+    """A random Llama (2 layers, hidden 64) with the real tokenizer, saved as a HF directory.
+
+    With tied embeddings greedy decoding repeats the prompt's last token ("\n" after a chat
+    template); ``tie=False`` gives a random output layer, hence varied text."""
     import shutil
 
     import torch
@@ -65,7 +68,7 @@ def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, layers: int 
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

@@ -1,10 +1,16 @@
-"""Text generation with a chat template: one function used by `chat`, `eval` and `compare`."""
+"""Text generation with a chat template: the call `chat`, `eval` and `compare` use today.
+
+The generation loop lives in :mod:`tunewise.infer.hf` (the reference engine); this module keeps
+the old call shape (``generate(model, tokenizer, messages, ...) -> Generation``) for its callers.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
+
+from tunewise.infer.hf import render_prompt, stop_token_ids  # noqa: F401  (re-exported)
+from tunewise.infer.types import Request
 
 
 @dataclass
@@ -24,43 +30,6 @@ class Generation:
         return (self.output_tokens - 1) / (self.seconds - self.ttft_s)
 
 
-def render_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The prompt exactly as the model sees it (the tokenizer's chat template applied)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_cfg = getattr(model, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(i) for i in eos)
-    return sorted(ids)
-
-
-class _FirstTokenTimer:
-    """A generate() streamer that notes when the first new token arrives (generate hands a streamer
-    the prompt first, then each new token) and passes everything on to ``inner`` when given."""
-
-    def __init__(self, inner=None):
-        self.inner, self.calls, self.first_token = inner, 0, None
-
-    def put(self, value) -> None:
-        self.calls += 1
-        if self.calls == 2:
-            self.first_token = time.perf_counter()
-        if self.inner is not None:
-            self.inner.put(value)
-
-    def end(self) -> None:
-        if self.inner is not None:
-            self.inner.end()
-
-
 def generate(
     model,
     tokenizer,
@@ -74,42 +43,8 @@ def generate(
 
     temperature 0 means greedy decoding (deterministic).
     """
-    import torch
-    from transformers import TextStreamer
+    from tunewise.infer.hf import generate_one
 
-    prompt = render_prompt(tokenizer, messages)
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    stops = stop_token_ids(tokenizer, model)
-    kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
-    )
-    if temperature and temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-
-    text_stream = None
-    if on_text is not None:
-
-        class _Text(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False):
-                if text:
-                    on_text(text)
-
-        text_stream = _Text(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    streamer = _FirstTokenTimer(text_stream)
-    kwargs["streamer"] = streamer
-
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)
-    seconds = time.perf_counter() - start
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    stopped = bool(new) and new[-1] in stops
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    ttft = streamer.first_token - start if streamer.first_token is not None else None
-    return Generation(text.strip(), int(enc["input_ids"].shape[1]), len(new), stopped, seconds, ttft)
+    c = generate_one(model, tokenizer, Request(list(messages), max_tokens=max_new_tokens,
+                                               temperature=temperature, top_p=top_p), on_text=on_text)
+    return Generation(c.text, c.input_tokens, c.output_tokens, c.stopped, c.seconds, c.ttft_s)
