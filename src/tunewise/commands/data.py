@@ -311,3 +311,6 @@ def fill_cmd(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+
+
+import tunewise.commands.data_review  # noqa: E402,F401  (registers `data review`)
