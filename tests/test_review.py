@@ -37,6 +37,22 @@ ROWS = [
 ]
 
 
+
+def chat(q: str, a: str) -> dict:
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+# A row as `tunewise data synth` writes it (OpenAI messages + provenance), then the other rows as chat.
+_SUPPORT = [CHUNK.index("The warranty"), CHUNK.index(" Batteries")]
+SYNTH_ROW = {"id": "syn-0d1e2f3a4b5c6d7e", **chat("How long is the warranty?", "The warranty lasts 24 months from delivery."),
+             "provenance": {"document": "manual.md", "chunk_id": "manual.md#3", "heading": "Manual > Warranty",
+                            "span": [120, 120 + len(CHUNK)], "chunk_hash": "sha256:" + hashlib.sha256(CHUNK.encode()).hexdigest(),
+                            "chunk_text": CHUNK, "support": [_SUPPORT], "kind": "qa", "retrieval_rank": 1,
+                            "grounding": [{"sentence": "The warranty lasts 24 months from delivery.", "lexical": 0.857,
+                                           "embedding": 0.912, "missing_numbers": [], "supported": True, "chunk_span": _SUPPORT}]}}
+CHAT_ROWS = [SYNTH_ROW] + [chat(r["instruction"] + (f"\n{r['input']}" if r["input"] else ""), r["output"]) for r in ROWS[1:]]
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -247,6 +263,17 @@ def test_cli_export_and_misuse(pairs, tmp_path):
     assert r.exit_code != 0 and "--export" in str(r.exception)
 
 
+def test_cli_export_says_what_the_format_cannot_hold(tmp_path):
+    p = write_rows(tmp_path / "pairs.jsonl", CHAT_ROWS)
+    s = ReviewSession(p)
+    for e in s.dataset.examples[:3]:
+        s.decide(e.id, "accept")
+    r = CliRunner().invoke(app, ["data", "review", str(p), "--export", str(tmp_path / "a.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "wrote 3 examples" in r.output and "(openai)" in r.output
+    assert "(1 × extra keys id, provenance (OpenAI rows hold only messages and tools)) pairs.jsonl:1" in " ".join(r.output.split())
+
+
 # ---------------------------------------------------------------------------------------------
 # The source chunk
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +283,17 @@ def test_support_spans_highlight_the_supporting_sentence():
     spans = support_spans(CHUNK, "The warranty lasts 24 months from delivery.")
     assert [CHUNK[s:e] for s, e in spans] == ["The warranty lasts 24 months from the date of delivery."]
     assert support_spans(CHUNK, "Penguins live in Antarctica.") == []
+
+
+def test_synth_rows_show_their_chunk_support_and_checks(tmp_path):
+    p = write_rows(tmp_path / "pairs.jsonl", CHAT_ROWS)
+    s = ReviewSession(p)
+    assert [e["has_chunk"] for e in s.state()["examples"]] == [True] + [False] * 5
+    view = s.chunk(s.dataset.examples[0].id)
+    assert view["chunk_text"] == CHUNK and view["heading"] == "Manual > Warranty" and view["note"] is None
+    assert [CHUNK[s:e] for s, e in view["highlights"]] == ["The warranty lasts 24 months from the date of delivery."]
+    assert view["facts"] == ["kind: qa", "answer sentence 1: lexical 0.86 · embedding 0.91 · supported",
+                             "the question retrieves its chunk at rank 1"]
 
 
 def test_chunk_read_from_the_document_and_checked_against_its_hash(tmp_path):
@@ -271,7 +309,8 @@ def test_chunk_read_from_the_document_and_checked_against_its_hash(tmp_path):
             {"instruction": "q3", "output": "Returns are accepted within 30 days.",
              "provenance": {"chunk_text": CHUNK, "support": [[0, 36]]}}]
     p = write_rows(tmp_path / "p.jsonl", rows)
-    views = [ex["chunk"] for ex in ReviewSession(p, docs=tmp_path / "docs").state()["examples"]]
+    s = ReviewSession(p, docs=tmp_path / "docs")
+    views = [s.chunk(e.id) for e in s.dataset.examples]
     assert views[0]["chunk_text"] == CHUNK and views[0]["note"] is None
     assert [CHUNK[s:e] for s, e in views[0]["highlights"]] == ["Batteries are covered for 12 months."]
     assert "changed since the pair was made" in views[1]["note"]
@@ -317,6 +356,11 @@ def test_server_needs_the_token_and_a_local_host(server):
     assert status == 200 and b"tunewise review" in page
     status, state = http(f"{base}/api/state", headers={"X-Review-Token": server.token})
     assert status == 200 and json.loads(state)["counts"]["examples"] == len(ROWS)
+    eid = server.session.dataset.examples[0].id
+    assert http(f"{base}/api/chunk?id={eid}")[0] == 403
+    status, chunk = http(f"{base}/api/chunk?id={eid}&token={server.token}")
+    assert status == 200 and json.loads(chunk)["chunk"]["chunk_text"] == CHUNK
+    assert http(f"{base}/api/chunk?id=nope&token={server.token}")[0] == 404
 
 
 def test_server_writes_the_decision_before_answering(server):
@@ -359,7 +403,7 @@ def start_server(pairs: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                     reason="chromium/chromedriver not installed (apt-get install -y chromium chromium-driver)")
-def test_review_page_in_headless_chromium(pairs, tmp_path):
+def test_review_page_in_headless_chromium(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -367,6 +411,7 @@ def test_review_page_in_headless_chromium(pairs, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    pairs = write_rows(tmp_path / "pairs.jsonl", CHAT_ROWS)
     dataset_bytes = pairs.read_bytes()
     ids = [e.id for e in load_examples(pairs).examples]
     opts = webdriver.ChromeOptions()
@@ -395,9 +440,11 @@ def test_review_page_in_headless_chromium(pairs, tmp_path):
         d.get(url)
         ready()
         at(0)
+        wait.until(lambda _: body("chunk") == ids[0])
         assert [m.text for m in d.find_elements(By.CSS_SELECTOR, "#chunk-text mark")] == [
             "The warranty lasts 24 months from the date of delivery."]
-        assert "manual.md · chunk 3" in d.find_element(By.ID, "chunk-meta").text
+        assert d.find_element(By.ID, "chunk-meta").text == "manual.md · Manual > Warranty · chunk manual.md#3 · characters 120–249"
+        assert "lexical 0.86 · embedding 0.91 · supported" in d.find_element(By.ID, "chunk-facts").text
         d.find_element(By.ID, "btn-accept").click()  # accept by button
         at(1)
         assert d.find_element(By.ID, "chunk").get_attribute("hidden") is not None  # no provenance: no chunk panel
@@ -466,6 +513,7 @@ def test_review_page_in_headless_chromium(pairs, tmp_path):
             d.get(url2 + "#" + ids[0])
             ready()
             at(0)
+            wait.until(lambda _: body("chunk") == ids[0])
             d.save_screenshot(shot)
     finally:
         d.quit()
@@ -478,10 +526,7 @@ def test_review_page_in_headless_chromium(pairs, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["rows"] == 4
 
-    def chat(q, a):
-        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-
-    assert read_jsonl(out) == [chat(ROWS[0]["instruction"], ROWS[0]["output"]),
+    assert read_jsonl(out) == [chat(ROWS[0]["instruction"], ROWS[0]["output"]),  # id and provenance: not OpenAI keys
                                chat("Who pays return shipping?", "We pay return shipping."),
                                chat(ROWS[3]["instruction"], ROWS[3]["output"]),
                                chat("Capital of France?", "Paris.")]

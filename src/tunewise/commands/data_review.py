@@ -49,10 +49,12 @@ def review_cmd(
         console.print(f"[green]✓[/] wrote {res.rows:,} examples to [bold]{res.output}[/] ({res.to}): {c['accept']:,} accepted, "
                       f"{c['edit']:,} edited, {c['gold']:,} written by hand · left out: {c['reject']:,} rejected, "
                       f"{c['examples'] - c['decided']:,} undecided", highlight=False, soft_wrap=True)
-        for source, what in res.dropped[:10]:
-            console.print(f"  [yellow]not carried over[/] {source}: {what}", highlight=False, soft_wrap=True)
-        if len(res.dropped) > 10:
-            console.print(f"  [dim]… and {len(res.dropped) - 10:,} more (--json lists all)[/]", highlight=False)
+        by_what: dict[str, list[str]] = {}
+        for source, what in res.dropped:
+            by_what.setdefault(what, []).append(source)
+        for what, sources in by_what.items():
+            where = ", ".join(sources[:3]) + (" …" if len(sources) > 3 else "")
+            console.print(f"  [yellow]not carried over[/] ({len(sources):,} × {what}) [dim]{where}[/]", highlight=False, soft_wrap=True)
         return
     if as_json or to is not None or force:
         from tunewise.errors import TunewiseError

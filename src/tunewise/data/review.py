@@ -332,6 +332,25 @@ def _hash_matches(text: str, expected: str) -> bool:
     return len(expected) >= 8 and hashlib.sha256(text.encode("utf-8")).hexdigest().startswith(expected)
 
 
+def _facts(prov: dict) -> list[str]:
+    """One line per check `tunewise data synth` recorded: kind, grounding of each answer sentence,
+    retrieval rank, judge."""
+    out = []
+    if isinstance(prov.get("kind"), str):
+        out.append(f"kind: {prov['kind']}")
+    for i, g in enumerate(prov.get("grounding") or [], start=1):
+        if isinstance(g, dict) and isinstance(g.get("lexical"), (int, float)):
+            emb = f" · embedding {g['embedding']:.2f}" if isinstance(g.get("embedding"), (int, float)) else ""
+            verdict = "supported" if g.get("supported") else "NOT supported"
+            out.append(f"answer sentence {i}: lexical {g['lexical']:.2f}{emb} · {verdict}")
+    rank = prov.get("retrieval_rank")
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        out.append(f"the question retrieves its chunk at rank {rank}")
+    if isinstance(prov.get("judge"), dict):
+        out.append("judge: " + json.dumps(prov["judge"], ensure_ascii=False)[:300])
+    return out
+
+
 def source_view(example: Example, roots: list[Path]) -> dict | None:
     """What the page shows beside a synth pair: the document, chunk id, the chunk's text and the
     spans to highlight. The chunk text is ``provenance.chunk_text``, or else ``span`` of
@@ -342,7 +361,9 @@ def source_view(example: Example, roots: list[Path]) -> dict | None:
     doc = prov.get("document")
     span = _int_span(prov.get("span"))
     view: dict[str, Any] = {"document": doc if isinstance(doc, str) else None, "chunk_id": prov.get("chunk_id"),
-                            "span": list(span) if span else None, "chunk_text": None, "highlights": [], "note": None}
+                            "heading": prov.get("heading") if isinstance(prov.get("heading"), str) else None,
+                            "span": list(span) if span else None, "chunk_text": None, "highlights": [], "note": None,
+                            "facts": _facts(prov)}
     chunk = prov.get("chunk_text") if isinstance(prov.get("chunk_text"), str) else None
     if chunk is None and isinstance(doc, str) and span is not None:
         for root in roots:
@@ -425,16 +446,20 @@ class ReviewSession:
         return {"id": e.id, "source": e.source, "error": e.error, "duplicate_of": e.duplicate_of, "gold": False,
                 "messages": _message_dicts(e.conversation) if e.conversation else None,
                 "raw": None if e.conversation else e.raw, "tools": e.conversation.tools if e.conversation else None,
-                "chunk": self._view(e), "decision": self.decisions.get(e.id)}
+                "has_chunk": e.provenance is not None, "decision": self.decisions.get(e.id)}
 
-    def _view(self, e: Example) -> dict | None:
-        if e.id not in self._views:
-            self._views[e.id] = source_view(e, self.roots)
-        return self._views[e.id]
+    def chunk(self, eid: str) -> dict | None:
+        """The source view of one example (fetched by the page when it shows the example)."""
+        e = self.dataset.by_id.get(eid)
+        if e is None:
+            raise TunewiseError(f"no example with id {eid!r} in {self.dataset.path.name}", "reload the page")
+        if eid not in self._views:
+            self._views[eid] = source_view(e, self.roots)
+        return self._views[eid]
 
     def _gold_json(self, g: dict) -> dict:
         return {"id": g["id"], "source": f"written by hand ({self.log.path.name})", "error": None, "duplicate_of": None,
-                "gold": True, "messages": g["messages"], "raw": None, "tools": None, "chunk": None, "decision": g}
+                "gold": True, "messages": g["messages"], "raw": None, "tools": None, "has_chunk": False, "decision": g}
 
     def state(self) -> dict:
         with self._lock:
@@ -605,6 +630,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif route == "/api/state":
             self._json(HTTPStatus.OK, self.server.session.state())
+        elif route == "/api/chunk":
+            eid = (parse_qs(urlsplit(self.path).query).get("id") or [""])[0]
+            try:
+                self._json(HTTPStatus.OK, {"id": eid, "chunk": self.server.session.chunk(eid)})
+            except TunewiseError as e:
+                self._json(HTTPStatus.NOT_FOUND, {"error": str(e)})
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {route}"})
 
