@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from tunewise.cli import app
 from tunewise.data.review import (ReviewLog, ReviewServer, ReviewSession, default_log_path, example_id,
-                                  export_reviewed, latest, load_examples, support_spans)
+                                  export_reviewed, latest, load_examples, serve, support_spans)
 from tunewise.errors import TunewiseError
 
 CHUNK = ("Returns are accepted within 30 days. The warranty lasts 24 months from the date of delivery. "
@@ -161,6 +161,13 @@ def test_decisions_resume_in_a_new_session_and_follow_rows_that_moved(pairs, tmp
     assert ReviewSession(pairs).stale == [ids[0]]
     write_rows(pairs, ROWS)
     assert pairs.read_bytes() == before
+
+
+def test_server_refuses_to_start_when_the_log_cannot_be_written(pairs, tmp_path):
+    (tmp_path / "afile").write_text("")
+    s = ReviewSession(pairs, log=tmp_path / "afile" / "x.review.jsonl")
+    with pytest.raises(TunewiseError, match="cannot write the review log"):
+        serve(s)
 
 
 def test_decide_validates(pairs):
@@ -506,6 +513,13 @@ def test_review_page_in_headless_chromium(tmp_path):
         d.find_element(By.ID, "btn-save").click()
         wait.until(lambda _: body("mode") == "view" and body("pending") == "0" and status() == "written by hand")
         assert "1 written by hand" in d.find_element(By.ID, "progress-text").text
+        keys("e")  # a hand-written example can be edited too
+        wait.until(lambda _: body("mode") == "edit")
+        answer = d.find_element(By.CSS_SELECTOR, 'textarea[data-role="assistant"]')
+        answer.send_keys(Keys.BACKSPACE, ", France.")
+        ActionChains(d).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
+        wait.until(lambda _: body("mode") == "view" and body("pending") == "0")
+        assert d.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant .text")[0].text == "Paris, France."
         keys("n")  # back to the one example left undecided
         at(5)
         shot = os.environ.get("TUNEWISE_REVIEW_SCREENSHOT")
@@ -529,7 +543,7 @@ def test_review_page_in_headless_chromium(tmp_path):
     assert read_jsonl(out) == [chat(ROWS[0]["instruction"], ROWS[0]["output"]),  # id and provenance: not OpenAI keys
                                chat("Who pays return shipping?", "We pay return shipping."),
                                chat(ROWS[3]["instruction"], ROWS[3]["output"]),
-                               chat("Capital of France?", "Paris.")]
+                               chat("Capital of France?", "Paris, France.")]
     assert pairs.read_bytes() == dataset_bytes  # the dataset is never modified
     final, _ = latest(ReviewLog(default_log_path(pairs)).read())
     assert {k: v["decision"] for k, v in final.items()} == {ids[0]: "accept", ids[1]: "edit", ids[2]: "reject",

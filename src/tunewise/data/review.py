@@ -156,6 +156,15 @@ class ReviewLog:
                     self.skipped_lines.append(lineno)
         return entries
 
+    def check_writable(self) -> None:
+        """Raise TunewiseError now, not at the first decision, when the log cannot be written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666))
+        except OSError as e:
+            raise TunewiseError(f"cannot write the review log {self.path} ({e.strerror})",
+                                "pass --log PATH somewhere writable") from None
+
     def append(self, entry: dict) -> dict:
         entry = {**entry, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         line = json.dumps(entry, ensure_ascii=False) + "\n"
@@ -664,6 +673,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError) as e:
             self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {e}"})
             return
+        except OSError as e:  # the log cannot be written (disk full, permissions): say so, keep serving
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"cannot write {self.server.session.log.path}: {e.strerror}"})
+            return
         with session._lock:
             counts = session.counts()
             first = session.first_undecided()
@@ -674,6 +686,7 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(session: ReviewSession, port: int = 0, token: str | None = None,
           on_ready: Callable[[ReviewServer], None] | None = None) -> None:
     """Serve the review page on 127.0.0.1 until interrupted (Ctrl+C)."""
+    session.log.check_writable()
     server = ReviewServer(session, port, token)
     try:
         if on_ready is not None:
