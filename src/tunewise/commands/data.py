@@ -314,3 +314,6 @@ def register(app: typer.Typer) -> None:
 
 
 import tunewise.commands.data_review  # noqa: E402,F401  (registers `data review`)
+from tunewise.commands.data_synth import add_synth_command  # noqa: E402  (adds `data synth`)
+
+add_synth_command(data_app)
