@@ -111,3 +111,65 @@ def embedded_model(embedded_home, monkeypatch) -> str:
     """Use in e2e tests: points TUNEWISE_HOME at the converted embedded model; returns its name."""
     monkeypatch.setenv("TUNEWISE_HOME", str(embedded_home))
     return "smollm2-135m"
+
+
+class FakeOpenAI:
+    """A tiny OpenAI-compatible /v1/chat/completions server on 127.0.0.1 that records requests.
+
+    Answers ``reply`` with usage 30 in / 5 out, or ``{"error": {"message": "bad key"}}`` with
+    ``status``; a request with ``"stream": true`` gets the reply as SSE chunks (one per word), a
+    usage chunk and ``[DONE]``."""
+
+    def __init__(self, reply: str = "Score: 4\nGood.", status: int = 200):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, code: int, ctype: str, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                usage = {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}
+                base = {"id": "c1", "created": 0, "model": body.get("model", "")}
+                if status != 200:
+                    return self._send(status, "application/json", json.dumps({"error": {"message": "bad key"}}).encode())
+                if body.get("stream"):
+                    words = reply.split(" ")
+                    chunks = [{"choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w},
+                                            "finish_reason": None}]} for i, w in enumerate(words)]
+                    chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                               {"choices": [], "usage": usage}]
+                    sse = "".join(f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', **c})}\n\n"
+                                  for c in chunks) + "data: [DONE]\n\n"
+                    return self._send(200, "text/event-stream", sse.encode())
+                data = {**base, "object": "chat.completion", "usage": usage, "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
+                self._send(200, "application/json", json.dumps(data).encode())
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import FakeOpenAI  # noqa: F401  (test_compare imports it from here)
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
@@ -25,49 +24,6 @@ from tunewise.evaluate import (
     rouge_l,
     run_checks,
 )
-
-
-class FakeOpenAI:
-    """A tiny OpenAI-compatible /v1/chat/completions server on 127.0.0.1 that records requests."""
-
-    def __init__(self, reply: str = "Score: 4\nGood.", status: int = 200):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if status != 200:
-                    data = json.dumps({"error": {"message": "bad key"}}).encode()
-                else:
-                    data = json.dumps({
-                        "choices": [{"message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 30, "completion_tokens": 5},
-                    }).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *a):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def write_jsonl(path, rows):

@@ -88,3 +88,177 @@ def test_open_engine_rejects_unknown_engine():
 def test_open_engine_hf(tiny_model_dir):
     eng = open_engine(str(tiny_model_dir), engine="hf", precision="fp32")
     assert isinstance(eng, HFEngine) and eng.model == str(tiny_model_dir)
+
+
+# --- llama.cpp ---------------------------------------------------------------------------------
+
+xllamacpp = pytest.importorskip("xllamacpp")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(talky_model_dir, tmp_path_factory):
+    """The talky tiny model converted to an f32 GGUF (the converter accepts the random Llama)."""
+    from tunewise.export.gguf import convert
+
+    return convert(talky_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", "f32")
+
+
+@pytest.fixture(scope="module")
+def cpp_engine(tiny_gguf):
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    eng = LlamaCppEngine(str(tiny_gguf), n_parallel=4, ctx_per_request=256)
+    yield eng
+    eng.close()
+
+
+def questions(n: int, max_tokens: int = 12) -> list[Request]:
+    return [Request([{"role": "user", "content": f"Question number {i}?"}], max_tokens=max_tokens) for i in range(n)]
+
+
+def test_llamacpp_runs_many_requests_at_once(cpp_engine, hf_engine):
+    assert isinstance(cpp_engine, Engine) and cpp_engine.precision == "f32" and cpp_engine.threads >= 1
+    reqs = questions(10)
+    done: list[int] = []
+    out = cpp_engine.generate(reqs, on_result=lambda i, c: done.append(i))
+    assert done == list(range(10)) and all(c.engine == "llama.cpp" for c in out)
+    ref = hf_engine.generate(reqs)
+    for c, r in zip(out, ref):
+        assert c.output_tokens == 12 and c.finish_reason == "length"
+        assert c.input_tokens == r.input_tokens  # same prompt tokens: the GGUF's template renders like HF's
+        assert 0 < c.ttft_s <= c.seconds and c.extra["wall_s"] > 0
+    # f32 weights, greedy: llama.cpp answers as the reference does
+    assert sum(c.text == r.text for c, r in zip(out, ref)) >= 9
+
+
+def test_llamacpp_renders_the_hf_chat_template(cpp_engine, hf_engine):
+    from tunewise.infer.hf import render_prompt
+
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Name a colour."}]
+    for msgs in (conv, conv[1:2], conv[1:]):
+        assert cpp_engine.render(msgs) == render_prompt(hf_engine.tokenizer, msgs)
+
+
+def test_llamacpp_stop_string_seed_and_stream(cpp_engine):
+    full = cpp_engine.generate([Request(MSG, max_tokens=16)])[0]
+    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 3]
+    cut = cpp_engine.generate([Request(MSG, max_tokens=16, stop=(stop,))])[0]
+    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)].strip()
+    sampled = [Request(MSG, max_tokens=10, temperature=1.0, top_p=0.9, seed=s) for s in (1, 1, 2)]
+    a, b, c = (x.text for x in cpp_engine.generate(sampled))
+    assert a == b and a != c
+    pieces = list(cpp_engine.stream(Request(MSG, max_tokens=16)))
+    assert isinstance(pieces[-1], Completion) and all(isinstance(p, str) for p in pieces[:-1])
+    assert "".join(pieces[:-1]).strip() == pieces[-1].text == full.text
+    assert pieces[-1].output_tokens == 16 and pieces[-1].finish_reason == "length" and pieces[-1].input_tokens > 5
+    # a reader that stops early frees the slot: the engine still answers afterwards
+    gen = cpp_engine.stream(Request(MSG, max_tokens=200))
+    assert isinstance(next(gen), str)
+    gen.close()
+    assert cpp_engine.generate([Request(MSG, max_tokens=16)])[0].text == full.text
+
+
+def test_llamacpp_errors_are_tunewise_errors(cpp_engine, tmp_path):
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    with pytest.raises(TunewiseError) as e:
+        cpp_engine.generate([Request([{"role": "user", "content": "word " * 400}], max_tokens=4)])
+    assert "context" in e.value.message and "ctx_per_request" in e.value.hint
+    with pytest.raises(TunewiseError) as e:
+        LlamaCppEngine(str(cpp_engine.gguf), precision="q8_0")
+    assert "holds f32 weights, not q8_0" in e.value.message
+
+
+def test_llamacpp_converts_an_hf_dir_once_into_the_cache(talky_model_dir, tunewise_home):
+    from tunewise.infer.llamacpp import gguf_for
+
+    path, kind = gguf_for(str(talky_model_dir), "f16")
+    assert kind == "f16" and path.parent == tunewise_home / "gguf" and path.is_file()
+    mtime = path.stat().st_mtime_ns
+    assert gguf_for(str(talky_model_dir), "f16") == (path, "f16") and path.stat().st_mtime_ns == mtime
+    with pytest.raises(TunewiseError):
+        gguf_for(str(talky_model_dir), "q4_k_m")
+
+
+def test_open_engine_auto_picks_llamacpp(tiny_gguf):
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    eng = open_engine(str(tiny_gguf), n_parallel=2, ctx_per_request=128)
+    try:
+        assert isinstance(eng, LlamaCppEngine) and eng.n_parallel == 2
+    finally:
+        eng.close()
+
+
+# --- parity ------------------------------------------------------------------------------------
+
+
+def test_parity_passes_on_the_same_model_and_fails_on_another(hf_engine, cpp_engine, smol_tokenizer_dir, tmp_path):
+    from conftest import build_tiny_model
+
+    from tunewise.infer.parity import check_parity
+
+    reqs = questions(6)
+    same = check_parity(hf_engine, cpp_engine, reqs)
+    assert same.passed and same.identical >= 0.8 and same.unit == "tokens", same.summary()
+    assert same.summary().startswith("parity passed: llama.cpp f32 vs hf fp32 on 6 prompts")
+    other = HFEngine(str(build_tiny_model(tmp_path / "other", smol_tokenizer_dir, seed=1, tie=False)), precision="fp32")
+    diff = check_parity(hf_engine, other, reqs)
+    assert not diff.passed and diff.identical == 0 and diff.mean_prefix < 0.2
+    assert "FAILED" in diff.summary() and diff.first_divergence is not None and diff.to_dict()["passed"] is False
+
+
+def test_compare_texts_counts_common_prefix_by_words():
+    from tunewise.infer.parity import Tolerance, compare_texts
+
+    r = compare_texts(["a b c d", "x y", "same"], ["a b z z", "q", "same"], tolerance=Tolerance(0.3, 0.5))
+    assert r.unit == "words" and r.identical == pytest.approx(1 / 3)
+    assert r.mean_prefix == pytest.approx((0.5 + 0 + 1) / 3) and r.passed
+    assert r.first_divergence.index == 1 and r.first_divergence.position == 0
+
+
+# --- OpenAI-compatible endpoints ---------------------------------------------------------------
+
+
+def test_openai_engine_against_a_fake_server(monkeypatch):
+    from conftest import FakeOpenAI
+
+    from tunewise.infer.openai import OpenAIEngine
+
+    monkeypatch.setenv("TW_INFER_KEY", "sk-test")
+    with FakeOpenAI("Nine days of leave.") as fake:
+        eng = OpenAIEngine("fake-model", base_url=fake.base_url, api_key_env="TW_INFER_KEY", concurrency=3)
+        out = eng.generate([Request(MSG, max_tokens=7, seed=3, stop=("END",))] * 5)
+        assert [c.text for c in out] == ["Nine days of leave."] * 5
+        assert out[0].input_tokens == 30 and out[0].output_tokens == 5 and out[0].finish_reason == "stop"
+        body = fake.requests[0]["body"]
+        assert body["max_tokens"] == 7 and body["seed"] == 3 and body["stop"] == ["END"]
+        assert fake.requests[0]["auth"] == "Bearer sk-test"
+        pieces = list(eng.stream(Request(MSG)))
+        assert "".join(pieces[:-1]) == "Nine days of leave." and pieces[-1].output_tokens == 5
+        eng.close()
+    with FakeOpenAI(status=401) as fake:
+        eng = OpenAIEngine("fake-model", base_url=fake.base_url, api_key_env="TW_INFER_KEY", max_retries=0)
+        with pytest.raises(TunewiseError) as e:
+            eng.generate([Request(MSG)])
+        assert fake.base_url in e.value.message and "401" in e.value.message and "TW_INFER_KEY" in e.value.hint
+    with pytest.raises(TunewiseError) as e:
+        OpenAIEngine("m", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout_s=2).generate([Request(MSG)])
+    assert "cannot reach http://127.0.0.1:9/v1/chat/completions" in e.value.message
+
+
+def test_physical_cores_counts_hyperthreads_once(tmp_path):
+    import os
+
+    from tunewise.hardware import physical_cores
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {c}\nflags\t\t: avx2\n"
+    info.write_text("\n".join(block.format(p=p, c=0) for p in cpus[:2]))
+    assert physical_cores(str(info)) == 1
+    info.write_text("\n".join(block.format(p=p, c=i) for i, p in enumerate(cpus[:2])))
+    assert physical_cores(str(info)) == 2

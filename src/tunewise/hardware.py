@@ -105,6 +105,28 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def physical_cores(cpuinfo_path: str = "/proc/cpuinfo") -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once): the
+    thread count at which llama.cpp decodes fastest. Falls back to ``cpu_info()["cores"]``."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        text = Path(cpuinfo_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+        if "processor" not in fields or "core id" not in fields:
+            continue
+        if allowed is None or int(fields["processor"]) in allowed:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) or cpu_info()["cores"]
+
+
 def isa_cap_env(isa: str) -> dict[str, str]:
     """Environment variables that make tunewise, oneDNN, MKL and ATen use only ``isa``'s
     instructions (set them before torch is imported, i.e. in a child process)."""

@@ -1,0 +1,316 @@
+"""The fast engine: llama.cpp's own server, in process, through the ``xllamacpp`` wheel.
+
+Requests are OpenAI-shaped dicts handed to ``Server.handle_chat_completions``; the server batches
+whatever is in flight across ``n_parallel`` slots (continuous batching), so :meth:`generate`
+submits every request at once from a thread pool. The prompt is rendered by llama.cpp from the
+GGUF's own ``tokenizer.chat_template`` (the one the converter copied from the HF tokenizer), which
+is what a deployed GGUF does too; :meth:`LlamaCppEngine.render` returns that text so it can be
+checked against the HF rendering.
+
+A ``.gguf`` file runs as it is. Anything else (embedded name, HF directory, run directory) is
+converted once to GGUF with :func:`tunewise.export.gguf.convert` into
+``$TUNEWISE_HOME/gguf/``, named by a digest of the model's files, so a changed model converts again
+and an unchanged one never does. A LoRA run is merged into its base first (also cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from tunewise.errors import TunewiseError
+from tunewise.infer.types import Completion, Request
+
+#: GGUF types an HF model may be converted to; "auto" picks :data:`DEFAULT_GGUF_TYPE`.
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+DEFAULT_GGUF_TYPE = "q8_0"
+DEFAULT_N_PARALLEL = 8
+DEFAULT_CTX_PER_REQUEST = 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# What to run: a GGUF file for any model reference
+# ---------------------------------------------------------------------------------------------
+
+
+def gguf_file_type(path: Path) -> str:
+    """The GGUF's weight type in llama.cpp's words ("f16", "q8_0", "q4_1", ...)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["general.file_type"]
+        name = gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name
+    except KeyError:
+        return "unknown"
+    except Exception as e:
+        raise TunewiseError(f"{path} is not a readable GGUF file: {e}", "check the file is complete") from None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+
+def _files_digest(dirs: Sequence[Path]) -> str:
+    """A digest of every file's name and content under ``dirs``. Hashing many GB takes a while, so
+    each file's hash is remembered against its size and modification time."""
+    memo_file = _cache_dir() / "file-hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    h = hashlib.sha256()
+    changed = False
+    for d in dirs:
+        for p in sorted(d.rglob("*")):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            st = p.stat()
+            key = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            if key not in memo:
+                fh = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        fh.update(block)
+                memo[key], changed = fh.hexdigest(), True
+            h.update(f"{p.relative_to(d)}\0{memo[key]}\n".encode())
+    if changed:
+        from tunewise.paths import atomic_write_text
+
+        atomic_write_text(memo_file, json.dumps(memo))
+    return h.hexdigest()[:16]
+
+
+def _cache_dir() -> Path:
+    from tunewise.paths import tunewise_home
+
+    d = tunewise_home() / "gguf"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _merged_dir(ref: str, base: Path, adapter: Path) -> Path:
+    """The LoRA run ``ref`` merged into its base in fp32 (cached by the content of both), for
+    conversion. The HF reference keeps the adapter unmerged."""
+    import torch
+
+    from tunewise.models import load_model, load_tokenizer
+    from tunewise.paths import atomic_dir
+
+    target = _cache_dir() / f"merged-{_files_digest([base, adapter])}"
+    if (target / "config.json").is_file():
+        return target
+    model = load_model(ref, dtype=torch.float32, device="cpu", merge_adapter=True)
+    tok = load_tokenizer(ref)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
+    """The GGUF file that runs ``ref`` and its weight type. A ``.gguf`` runs as it is (``precision``
+    must be "auto" or match it); anything else is converted once to ``precision`` (auto: q8_0)."""
+    from tunewise.export.gguf import convert
+    from tunewise.models import resolve_model
+
+    precision = precision.lower()
+    path = Path(str(ref)).expanduser()
+    # a .gguf file, or a directory holding one and no HF model, adapter or run (as resolve_model reads it)
+    plain_dir = path.is_dir() and not any((path / f).is_file() for f in (
+        "config.json", "adapter_config.json", "adapter/adapter_config.json", "model/config.json"))
+    ggufs = [path] if path.is_file() and path.suffix.lower() == ".gguf" else (
+        sorted(path.glob("*.gguf")) if plain_dir else [])
+    if len(ggufs) == 1:
+        kind = gguf_file_type(ggufs[0])
+        if precision not in ("auto", kind):
+            raise TunewiseError(f"{ggufs[0]} holds {kind} weights, not {precision}",
+                                "leave precision at auto to run the file as it is, or pass the HF model to convert")
+        return ggufs[0], kind
+    if precision == "auto":
+        precision = DEFAULT_GGUF_TYPE
+    if precision not in GGUF_TYPES:
+        raise TunewiseError(f"llama.cpp precision {precision!r} is not one tunewise can convert to",
+                            f"use one of: auto, {', '.join(GGUF_TYPES)}")
+    resolved = resolve_model(ref)
+    model_dir = resolved.path
+    if resolved.adapter_dir is not None:
+        model_dir = _merged_dir(str(ref), resolved.path, resolved.adapter_dir)
+    out = _cache_dir() / f"{model_dir.name}-{_files_digest([model_dir])}-{precision}.gguf"
+    if not out.is_file():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[dim]Converting {ref} to GGUF ({precision}) in {out.parent} (once)…[/]")
+        convert(model_dir, out, precision)
+    return out, precision
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class LlamaCppEngine:
+    """llama.cpp on a GGUF, ``n_parallel`` requests decoded together (continuous batching).
+
+    ``threads``: compute threads (default: this machine's physical cores). ``ctx_per_request``:
+    the longest prompt + answer one request may have; the KV cache holds ``n_parallel`` of them.
+    """
+
+    name = "llama.cpp"
+
+    def __init__(self, ref: str, precision: str = "auto", n_parallel: int = DEFAULT_N_PARALLEL,
+                 ctx_per_request: int = DEFAULT_CTX_PER_REQUEST, threads: int | None = None):
+        try:
+            import xllamacpp
+        except ImportError:
+            raise TunewiseError("the llama.cpp engine needs the xllamacpp package",
+                                "pip install xllamacpp, or use engine hf") from None
+        from tunewise.hardware import physical_cores
+
+        if n_parallel < 1 or ctx_per_request < 16:
+            raise TunewiseError(f"n_parallel={n_parallel} and ctx_per_request={ctx_per_request} are too small",
+                                "use n_parallel >= 1 and ctx_per_request >= 16")
+        self.model = str(ref)
+        self.gguf, self.precision = gguf_for(ref, precision)
+        self.n_parallel, self.ctx_per_request = n_parallel, ctx_per_request
+        self.threads = threads or physical_cores()
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.gguf)
+        p.verbosity = 0  # errors only: llama.cpp logs every request at the default level
+        p.n_parallel = n_parallel
+        p.n_ctx = ctx_per_request  # per slot: the server sizes the KV cache as n_parallel × n_ctx
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        p.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
+        p.use_jinja = True  # the GGUF's chat template, rendered as the HF tokenizer renders it
+        try:
+            self._server = xllamacpp.Server(p)
+        except Exception as e:
+            raise TunewiseError(f"llama.cpp cannot load {self.gguf}: {e}",
+                                "check the file is a complete GGUF of an architecture llama.cpp supports") from None
+        self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llama.cpp")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _body(self, request: Request, **extra) -> dict:
+        body = {"messages": request.messages, "max_tokens": request.max_tokens,
+                "temperature": request.temperature, "top_p": request.top_p,
+                # only what Request names: llama.cpp's own top_k 40 and min_p 0.05 are switched off
+                "top_k": 0, "min_p": 0.0, **extra}
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = int(request.seed)
+        return body
+
+    def _call(self, body: dict, on_chunk: Callable[[dict], bool] | None = None) -> dict | None:
+        try:
+            if on_chunk is None:
+                out = self._server.handle_chat_completions(body)
+            else:
+                out = self._server.handle_chat_completions(body, on_chunk)
+        except ValueError as e:
+            raise TunewiseError(f"llama.cpp rejected the request: {e}", "check the messages' shape") from None
+        if isinstance(out, dict) and "error" in out:
+            err = out["error"]
+            hint = ("raise ctx_per_request or shorten the prompt" if err.get("type") == "exceed_context_size_error"
+                    else "check the request")
+            raise TunewiseError(f"llama.cpp ({self.gguf.name}): {err.get('message', err)}", hint)
+        return out
+
+    def _one(self, request: Request) -> Completion:
+        start = time.perf_counter()
+        out = self._call(self._body(request))
+        wall = time.perf_counter() - start
+        choice = out["choices"][0]
+        usage, timings = out.get("usage") or {}, out.get("timings") or {}
+        return self._completion(choice["message"].get("content") or "", choice.get("finish_reason"), usage,
+                                timings, wall)
+
+    def _completion(self, text: str, reason: str | None, usage: dict, timings: dict, wall: float,
+                    ttft: float | None = None) -> Completion:
+        n_out = int(usage.get("completion_tokens") or timings.get("predicted_n") or 0)
+        prompt_ms, predicted_ms = float(timings.get("prompt_ms") or 0), float(timings.get("predicted_ms") or 0)
+        if ttft is None and timings:  # prefill + the first decoding step
+            ttft = (prompt_ms + (predicted_ms / n_out if n_out else 0)) / 1000
+        seconds = (prompt_ms + predicted_ms) / 1000 if timings else wall  # time in a slot, queueing excluded
+        return Completion(text=text.strip(), input_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=n_out,
+                          finish_reason=_finish(reason), seconds=seconds, ttft_s=ttft, engine=self.name,
+                          extra={"wall_s": wall, "cached_tokens": int(timings.get("cache_n") or 0)})
+
+    def generate(self, requests: Sequence[Request],
+                 on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+        """All ``requests`` at once; the server decodes up to ``n_parallel`` of them together."""
+        futures = [self._pool.submit(self._one, r) for r in requests]
+        out: list[Completion] = []
+        for i, f in enumerate(futures):
+            out.append(f.result())
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
+
+    def stream(self, request: Request) -> Iterator[str | Completion]:
+        """Text pieces as the server sends them, then the Completion. Stopping early (closing the
+        generator) ends the request in the server and frees its slot."""
+        chunks: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def on_chunk(chunk) -> bool:
+            chunks.put(chunk)
+            return cancel.is_set()  # True tells the server to stop this request
+
+        def work():
+            try:
+                self._call(self._body(request, stream=True, stream_options={"include_usage": True}), on_chunk)
+            except BaseException as e:  # handed to the consumer
+                chunks.put(e)
+            finally:
+                chunks.put(None)
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text, reason, usage, timings, ttft, started = [], None, {}, {}, None, False
+        try:
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if isinstance(chunk, str):
+                    chunk = json.loads(chunk)
+                if "error" in chunk:
+                    raise TunewiseError(f"llama.cpp ({self.gguf.name}): {chunk['error'].get('message')}",
+                                        "check the request")
+                usage, timings = chunk.get("usage") or usage, chunk.get("timings") or timings
+                for choice in chunk.get("choices") or []:
+                    reason = choice.get("finish_reason") or reason
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    if not started:
+                        piece = piece.lstrip()  # the Completion's text is stripped; so is the stream's start
+                    if piece:
+                        if ttft is None:
+                            ttft = time.perf_counter() - start
+                        started = True
+                        text.append(piece)
+                        yield piece
+        finally:
+            cancel.set()
+        thread.join()
+        yield self._completion("".join(text), reason, usage, timings, time.perf_counter() - start, ttft)
+
+    def render(self, messages: list[dict]) -> str:
+        """The prompt text llama.cpp builds from ``messages`` with the GGUF's chat template."""
+        out = self._call({"messages": messages, "max_tokens": 1, "temperature": 0, "verbose": True})
+        return out["__verbose"]["prompt"]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._server = None  # the server's destructor stops its loop and frees the model
