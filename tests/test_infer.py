@@ -256,9 +256,8 @@ def test_physical_cores_counts_hyperthreads_once(tmp_path):
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs 2 CPUs")
-    info = tmp_path / "cpuinfo"
     block = "processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {c}\nflags\t\t: avx2\n"
-    info.write_text("\n".join(block.format(p=p, c=0) for p in cpus[:2]))
-    assert physical_cores(str(info)) == 1
-    info.write_text("\n".join(block.format(p=p, c=i) for i, p in enumerate(cpus[:2])))
-    assert physical_cores(str(info)) == 2
+    shared, separate = tmp_path / "shared", tmp_path / "separate"  # (physical_cores caches per file)
+    shared.write_text("\n".join(block.format(p=p, c=0) for p in cpus[:2]))
+    separate.write_text("\n".join(block.format(p=p, c=i) for i, p in enumerate(cpus[:2])))
+    assert physical_cores(str(shared)) == 1 and physical_cores(str(separate)) == 2
