@@ -113,35 +113,78 @@ def test_advisor_never_repeats_the_70b_on_24gb_claim():
 # --- evidence --------------------------------------------------------------------------------
 
 
-def _report(tmp_path, arms):
+def _report(tmp_path, arms, tolerance=0.02):
+    """A report.json as `tunewise compare` writes it: arms with per-example scores, and compare's
+    recommendation (its rule, its statuses) next to them."""
+    from tunewise.compare import recommend
+
+    for a in arms:
+        a.setdefault("status", "ok")
+        a["quality"] = sum(a["scores"]) / len(a["scores"])
+    rec = recommend(arms, tolerance, "USD")
     p = tmp_path / "report.json"
-    p.write_text(json.dumps({"arms": arms, "recommendation": {"arm": arms[0]["name"]}}))
+    p.write_text(json.dumps({"arms": arms, "recommendation": rec, "quality_tolerance": tolerance, "currency": "USD"}))
     return p
 
 
 def test_evidence_takes_precedence_over_rules(tmp_path):
     # Rules say RAG for document Q&A; measurements say the fine-tuned arm is clearly better.
     p = _report(tmp_path, [
-        {"name": "rag-gpt4o-mini", "kind": "rag", "quality": 0.61, "cost_per_1k_queries_usd": 0.45, "latency_p50_s": 1.2},
-        {"name": "lora-8b", "kind": "finetuned", "quality": 0.78, "cost_per_1k_queries_usd": 0.30, "latency_p50_s": 0.4},
-        {"name": "prompt", "kind": "prompt", "quality": 0.40, "cost_per_1k_queries_usd": 0.20},
+        {"name": "rag-gpt4o-mini", "kind": "rag", "scores": [0.6, 0.4] * 15, "cost_per_1k_queries_usd": 0.45,
+         "latency_p50_s": 1.2},
+        {"name": "lora-8b", "kind": "finetuned", "scores": [0.8, 0.7] * 15, "cost_per_1k_queries_usd": 0.30,
+         "latency_p50_s": 0.4},
+        {"name": "prompt", "kind": "prompt", "scores": [0.4, 0.3] * 15, "cost_per_1k_queries_usd": 0.20},
     ])
     ans = load_answers(None, {"goal": "knowledge", "labelled_examples": 50, "queries_per_month": 20_000})
     assert advise(ans).recommendation == "rag"
     a = advise(ans, evidence=p)
     assert a.recommendation == "finetune"
-    assert a.evidence.best_arm == "lora-8b"
-    assert "takes precedence over the rules" in a.notes[0]
+    assert a.evidence.best_arm == "lora-8b" and a.evidence.resolved and a.evidence.finetuning_verdict == "paid_off"
+    assert "takes precedence over the rules" in a.notes[0] and "beat every other arm" in a.notes[0]
     assert a.as_dict()["decided_by"] == "evidence"
 
 
 def test_evidence_near_tie_goes_to_the_cheaper_arm(tmp_path):
     p = _report(tmp_path, [
-        {"name": "ft", "kind": "finetuned", "quality": 0.80, "cost_per_1k_queries_usd": 0.9},
-        {"name": "rag", "kind": "rag", "quality": 0.79, "cost_per_1k_queries_usd": 0.3},
+        {"name": "ft", "kind": "finetuned", "scores": [0.8, 0.9, 0.7, 0.8, 0.8], "cost_per_1k_queries_usd": 0.9},
+        {"name": "rag", "kind": "rag", "scores": [0.8, 0.8, 0.7, 0.8, 0.85], "cost_per_1k_queries_usd": 0.3},
     ])
     a = advise(Answers(goal="style", labelled_examples=900, queries_per_month=2_000_000), evidence=p)
-    assert a.recommendation == "rag"
+    assert a.recommendation == "rag" and not a.evidence.resolved and "unresolved" in a.evidence.statement
+
+
+def test_evidence_never_turns_an_unresolved_comparison_into_finetuning(tmp_path):
+    """Compare picks the fine-tuned arm as the cheapest of arms it cannot tell apart (8 examples,
+    better on 5, tied on 3): advise reports that, and does not recommend fine-tuning on it."""
+    p = _report(tmp_path, [
+        {"name": "rag-examples", "kind": "rag", "scores": [0.9, 0.9, 0.9, 0.9, 13 / 15, 1.0, 1.0, 1.0],
+         "cost_per_1k_queries_usd": 0.146},
+        {"name": "finetuned-lora", "kind": "finetuned", "scores": [1.0] * 8, "cost_per_1k_queries_usd": 0.110},
+    ], tolerance=0.05)
+    rec = json.loads(p.read_text())["recommendation"]
+    assert rec["arm"] == "finetuned-lora" and rec["finetuning_verdict"] == "unresolved"
+    # style at volume, on premise: the guide's rules alone would say fine-tune
+    ans = Answers(goal="style", labelled_examples=900, queries_per_month=2_000_000, on_premise=True)
+    assert advise(ans).recommendation == "finetune"
+    a = advise(ans, evidence=p)
+    assert a.recommendation == "rag" and a.evidence.compare_arm == "finetuned-lora"
+    assert a.evidence.best_arm == "rag-examples" and a.evidence.finetuning_verdict == "unresolved"
+    assert "unresolved" in a.notes[0] and "no evidence that fine-tuning pays off" in a.notes[0]
+    assert "about 10 held-out examples would separate them" in a.notes[0]
+    # with only fine-tuned arms measured the evidence cannot speak for fine-tuning: the rules decide
+    p = _report(tmp_path, [{"name": "ft", "kind": "finetuned", "scores": [1.0] * 8, "cost_per_1k_queries_usd": 0.1}])
+    a = advise(Answers(goal="general", queries_per_month=1000), evidence=p)
+    assert a.evidence.option is None and a.recommendation == "prompting" and a.as_dict()["decided_by"] == "rules"
+
+
+def test_evidence_without_per_example_scores_is_a_clear_error(tmp_path):
+    p = tmp_path / "report.json"
+    p.write_text(json.dumps({"arms": [{"name": "rag", "kind": "rag", "quality": 0.8, "cost_per_1k_queries_usd": 0.3}],
+                             "recommendation": {"arm": "rag"}}))
+    with pytest.raises(TunewiseError) as e:
+        advise(Answers(goal="style"), evidence=p)
+    assert "arm 'rag' has no per-example scores" in e.value.message and "rerun `tunewise compare`" in e.value.hint
 
 
 @pytest.mark.parametrize(
@@ -250,22 +293,27 @@ def test_answers_yaml_unknown_key_is_named(tmp_path):
 
 
 def test_evidence_in_the_shape_compare_writes(tmp_path):
-    """tunewise compare's report.json: extra fields, skipped arms with null quality, local currency."""
+    """tunewise compare's report.json: extra fields, skipped arms with null quality, local currency;
+    a recommendation without a recorded decision is worked out again by compare's rule."""
     p = tmp_path / "report.json"
     p.write_text(json.dumps({
         "currency": "INR",
+        "quality_tolerance": 0.02,
         "arms": [
-            {"name": "prompt", "kind": "prompt", "status": "ok", "quality": 0.42, "cost_per_1k_queries": 2.1,
-             "cost_per_1k_queries_usd": 0.024, "latency_p50_s": 0.8, "latency_p95_s": 1.1, "notes": []},
+            {"name": "prompt", "kind": "prompt", "status": "ok", "quality": 0.4, "scores": [0.4] * 10,
+             "cost_per_1k_queries": 2.1, "cost_per_1k_queries_usd": 0.024, "latency_p50_s": 0.8, "latency_p95_s": 1.1,
+             "notes": []},
             {"name": "api", "kind": "api", "status": "skipped", "skip_reason": "no API key", "quality": None},
-            {"name": "lora", "kind": "finetuned", "status": "ok", "quality": 0.71, "cost_per_1k_queries": 1.5,
-             "cost_per_1k_queries_usd": 0.017, "latency_p50_s": 0.6, "training": {"seconds": 90}},
+            {"name": "lora", "kind": "finetuned", "status": "ok", "quality": 0.7, "scores": [0.7] * 10,
+             "cost_per_1k_queries": 1.5, "cost_per_1k_queries_usd": 0.017, "latency_p50_s": 0.6,
+             "training": {"seconds": 90}},
         ],
         "recommendation": {"arm": "lora", "kind": "finetuned", "rule": "..."},
     }))
     a = advise(Answers(goal="general", queries_per_month=1000), evidence=p)
-    assert a.recommendation == "finetune" and a.evidence.best_arm == "lora"
+    assert a.recommendation == "finetune" and a.evidence.best_arm == "lora" and a.evidence.resolved
     assert [r["name"] for r in a.evidence.ranking] == ["lora", "prompt"]
+    assert a.evidence.ranking[1]["vs_recommended"] == "worse"
 
 
 def test_evidence_with_no_measured_arm_is_a_clear_error(tmp_path):
@@ -276,7 +324,9 @@ def test_evidence_with_no_measured_arm_is_a_clear_error(tmp_path):
     assert "no arm has a measured quality" in e.value.message
 
 
-def test_compare_can_price_api_arms_through_costs():
-    from tunewise.costs import api_price, api_price_usd
+def test_compare_prices_api_arms_through_costs():
+    from tunewise.costs import api_cost_per_1k_usd, api_price
 
-    assert api_price_usd("gpt-4o-mini", 1000, 200) == api_price("gpt-4o-mini", 1000, 200).usd_per_query > 0
+    usd, basis = api_cost_per_1k_usd("gpt-4o-mini", None, 1.0, 0.2)
+    assert usd == pytest.approx(api_price("gpt-4o-mini", 1000, 200).usd_per_query) and usd > 0
+    assert basis.startswith("genai-prices")

@@ -11,7 +11,7 @@ import yaml
 
 from test_eval import FakeOpenAI, run_cli, write_jsonl
 from tunewise.compare import load_compare_config, recommend, run_compare
-from tunewise.compare.recommend import api_cost_per_1k_usd, local_cost_per_1k
+from tunewise.costs import api_cost_per_1k_usd, local_cost_per_1k
 from tunewise.errors import TunewiseError
 
 QA = [("What is the casual leave?", "Nine days of casual leave.", ["Nine days"]),
@@ -128,32 +128,40 @@ def test_costs():
     assert usd is None and "price_input_per_mtok_usd" in basis
 
 
-def arm(name, kind, q, cost, p50=1.0):
-    return {"name": name, "kind": kind, "status": "ok", "quality": q, "cost_per_1k_queries": cost, "latency_p50_s": p50}
+def arm(name, kind, scores, cost, p50=1.0):
+    """A measured arm as report.json holds it: per-example scores, their mean, its cost."""
+    return {"name": name, "kind": kind, "status": "ok", "quality": sum(scores) / len(scores), "scores": scores,
+            "cost_per_1k_queries": cost, "latency_p50_s": p50}
 
 
-def test_rule_picks_cheapest_within_tolerance():
-    arms = [arm("prompt", "prompt", 0.50, 1.0), arm("rag", "rag", 0.80, 3.0),
-            arm("ft", "finetuned", 0.79, 1.2), arm("api", "api", 0.81, 20.0)]
+def test_rule_picks_cheapest_of_the_arms_no_other_arm_beat():
+    good = [1.0, 0.8, 1.0, 0.6, 1.0, 0.8, 1.0, 1.0, 0.8, 1.0] * 3  # 30 examples
+    arms = [arm("prompt", "prompt", [0.2] * 30, 1.0), arm("rag", "rag", good, 3.0),
+            arm("ft", "finetuned", good[1:] + good[:1], 1.2), arm("api", "api", good[2:] + good[:2], 20.0)]
     rec = recommend(arms, tolerance=0.02, currency="INR")
-    assert rec["arm"] == "ft" and rec["finetuning_paid_off"] is True
-    assert set(rec["tied_arms"]) == {"rag", "ft", "api"}
+    assert rec["arm"] == "ft" and rec["decision"] == "tie" and set(rec["tied_arms"]) == {"rag", "ft", "api"}
+    assert rec["finetuning_paid_off"] is None and rec["finetuning_verdict"] == "unresolved"
+    assert rec["comparisons"]["prompt"]["status"] == "worse"
+    assert any(s.startswith("Fine-tuning has not been shown to pay off") for s in rec["statements"])
+    # the API arm right on every example where the others slip: it beat them all
+    arms[3] = arm("api", "api", [1.0] * 30, 20.0)
     rec = recommend(arms, tolerance=0.0, currency="INR")
-    assert rec["arm"] == "api" and rec["finetuning_paid_off"] is False
+    assert rec["arm"] == "api" and rec["decision"] == "clear" and rec["finetuning_paid_off"] is False
     assert any(s.startswith("Fine-tuning did not pay off") for s in rec["statements"])
 
 
 def test_rule_says_plainly_when_finetuning_did_not_pay_off():
-    arms = [arm("prompt", "prompt", 0.2, 1.0), arm("rag", "rag", 0.9, 2.0), arm("ft", "finetuned", 0.3, 1.0),
+    arms = [arm("prompt", "prompt", [0.2] * 10, 1.0), arm("rag", "rag", [0.9] * 10, 2.0),
+            arm("ft", "finetuned", [0.3] * 10, 1.0),
             {"name": "api", "kind": "api", "status": "skipped", "skip_reason": "OPENAI_API_KEY is not set", "quality": None}]
     rec = recommend(arms, tolerance=0.05, currency="INR", min_quality=0.95, primary_metric="checks")
     assert rec["arm"] == "rag"
     text = rec["text"]
     assert "Fine-tuning did not pay off: 'ft' reached 0.300, 0.600 below the best arm 'rag'" in text
     assert "No arm is fit for use yet" in text and "'api' was not measured: OPENAI_API_KEY is not set" in text
-    # equal quality: the cheaper non-fine-tuned arm wins and the reason is stated
-    rec = recommend([arm("prompt", "prompt", 0.9, 1.0), arm("ft", "finetuned", 0.9, 1.5)], 0.02, "INR")
-    assert rec["arm"] == "prompt" and "matched the best quality" in rec["text"]
+    # equal quality on every example: the cheaper arm that needs no training wins, and it says why
+    rec = recommend([arm("prompt", "prompt", [0.9] * 10, 1.0), arm("ft", "finetuned", [0.9] * 10, 1.5)], 0.02, "INR")
+    assert rec["arm"] == "prompt" and "'ft' ties with 'prompt'" in rec["text"] and "needs no training" in rec["text"]
 
 
 # --- full runs -------------------------------------------------------------------------------
@@ -211,9 +219,18 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     # fine-tuned: training figures and cost from summary.json (360 s at ₹36/hour = ₹3.60)
     assert by["finetuned"]["training"]["cost"] == pytest.approx(3.6)
     assert rep["recommendation"]["arm"] in by and rep["recommendation"]["statements"]
+    # uncertainty: per-example scores, 95% intervals, paired comparisons with the pick, the small-eval caveat
+    for a in rep["arms"][:5]:
+        assert len(a["scores"]) == 2 and a["quality_interval"]["low"] <= a["quality"] <= a["quality_interval"]["high"]
+        assert "checks" in a["metric_intervals"] and set(a["check_rate_intervals"]) == set(a["check_rates"])
+    assert set(rep["recommendation"]["comparisons"]) == {"prompt", "few_shot", "rag", "finetuned", "api"} - {
+        rep["recommendation"]["arm"]}
+    assert rep["recommendation"]["decision"] == "tie"  # 2 examples separate nothing
+    assert rep["eval_size"]["small"] and rep["caveat"].startswith("Small eval set: 2 held-out examples")
     html = res.html_path.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 4  # quality-vs-cost, metrics, latency, loss curve
     assert "id='recommendation'" in html and "no-key" in html and "not measured" in html
+    assert html.index("id='caveat'") < html.index("id='recommendation'") and "Unresolved (a tie)" in html
     assert "sk-abc" not in html and "sk-abc" not in res.json_path.read_text()
     assert len(rep["samples"]) == 2 and set(rep["samples"][0]["outputs"]) == {"prompt", "few_shot", "rag", "finetuned", "api"}
 
@@ -233,6 +250,30 @@ def test_compare_trains_the_finetuned_arm_itself(tiny_model_dir, files, capsys):
     assert ft["training"]["seconds"] > 0
     assert (files / "report" / "charts" / "loss-ft.png").is_file()
     assert Path(data["report_html"]).is_file()
+
+
+def test_a_finished_full_fine_tuning_run_is_reused(tiny_model_dir, files, monkeypatch):
+    """`method: full` leaves model/ (no adapter/): compare must reuse it, not train again."""
+    import shutil
+
+    import tunewise.train.trainer as trainer
+    from tunewise.train.run_dir import is_finished
+
+    run = files / "report" / "train-ft"
+    shutil.copytree(tiny_model_dir, run / "model")
+    assert not is_finished(run)  # the weights alone: training stopped before summary.json
+    (run / "summary.json").write_text(json.dumps({"steps": 2, "final_loss": 9.0, "seconds": 36.0}))
+    assert is_finished(run)
+
+    def no_training(*a, **k):
+        raise AssertionError("compare retrained a finished full fine-tuning run")
+
+    monkeypatch.setattr(trainer, "train", no_training)
+    cfg = load_compare_config(data=cfg_dict(files, base_model=str(tiny_model_dir), arms=[
+        {"type": "prompt"}, {"type": "finetuned", "name": "ft", "train": {"method": "full", "max_steps": 2}}]))
+    rep = run_compare(cfg, quiet=True).report
+    ft = [a for a in rep["arms"] if a["name"] == "ft"][0]
+    assert ft["status"] == "ok" and ft["training"]["steps"] == 2 and ft["training"]["run_dir"] == str(run)
 
 
 def test_example_configs_are_valid():

@@ -191,3 +191,26 @@ def test_cli_cost_bad_input(args, needle, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_one_currency_rate_and_no_silent_fallback():
+    from tunewise.tables import load_fx, usd_rate
+
+    assert usd_rate("USD") == 1.0 and usd_rate("usd", 90.0) == 90.0  # an override always wins
+    assert usd_rate("INR") == float(load_fx()["usd_to"]["INR"])
+    with pytest.raises(TunewiseError) as e:
+        usd_rate("INR", fx={"usd_to": {"USD": 1.0}})  # a table without the rate: an error, not a guess
+    assert "no USD rate for INR" in e.value.message and "--inr-rate" in e.value.hint
+    with pytest.raises(TunewiseError):
+        usd_rate("EUR")
+    with pytest.raises(TunewiseError):
+        usd_rate("INR", -3.0)
+
+
+def test_one_money_format():
+    from tunewise.formatting import money, short
+
+    assert [money(x, "INR") for x in (0, 0.01284, 9.671, 1051.08, 352027.4)] == [
+        "₹0", "₹0.0128", "₹9.67", "₹1,051", "₹352,027"]
+    assert money(None, "USD") == "unknown" and money(2.5, "USD") == "$2.50"
+    assert (short(1_500_000), short(30_000), short(700)) == ("1.5M", "30K", "700")

@@ -12,7 +12,9 @@ that every reason cites:
 Data minimums per goal (the guide): style 500-1,000 examples, task 1,000-5,000, domain vocabulary
 5,000-20,000. Costs come from :mod:`tunewise.costs` at the user's volume, the fine-tuning "how"
 (method, memory, tool, backend) from :mod:`tunewise.estimate`. A compare ``report.json`` given as
-evidence takes precedence over the rules: measured quality first, then cost.
+evidence takes precedence over the rules with compare's own recommendation (one decision rule,
+:func:`tunewise.compare.recommend`); an unresolved comparison is never taken as a case for
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunewise.config import Strict
 from tunewise.errors import TunewiseError
+from tunewise.formatting import money
 
 Goal = Literal["style", "vocabulary", "task", "knowledge", "general"]
 GOALS: dict[str, str] = {
@@ -112,6 +115,9 @@ class EvidenceReport(BaseModel):
     model_config = ConfigDict(extra="allow")
     arms: list[EvidenceArm] = Field(min_length=1)
     recommendation: dict[str, Any] | None = None
+    quality_tolerance: float = Field(0.02, ge=0, le=1)
+    currency: str = "USD"
+    primary_metric: str = "quality"
 
 
 def load_evidence(path: str | Path) -> EvidenceReport:
@@ -134,7 +140,7 @@ def load_evidence(path: str | Path) -> EvidenceReport:
         key = ".".join(str(x) for x in first["loc"]) or "(top level)"
         raise TunewiseError(
             f"{p}: {key}: {first['msg'].lower()}",
-            "advise reads arms[].name, kind (prompt|few_shot|rag|finetuned|api), quality (0..1), "
+            "advise reads arms[].name, kind (prompt|few_shot|rag|finetuned|api), quality (0..1), scores (per example), "
             "cost_per_1k_queries_usd, latency_p50_s; see docs/advise.md",
         ) from None
     if not any(a.status == "ok" and a.quality is not None for a in report.arms):
@@ -146,50 +152,87 @@ def load_evidence(path: str | Path) -> EvidenceReport:
 @dataclass
 class EvidenceSummary:
     path: str
-    best_arm: str
-    best_kind: str
-    option: str
+    best_arm: str | None  # the measured arm advise acts on (None: the evidence does not decide)
+    best_kind: str | None
+    option: str | None  # the advice option it stands for; None leaves the decision to the rules
     ranking: list[dict[str, Any]]
     statement: str
+    compare_arm: str | None = None  # what tunewise compare recommended
+    resolved: bool = False  # compare's recommended arm beat every other arm
+    finetuning_verdict: str | None = None  # paid_off | did_not_pay_off | unresolved | None
 
 
-def decide_from_evidence(report: EvidenceReport, path: str, latency_target_ms: int | None,
-                         quality_tolerance: float = 0.02) -> EvidenceSummary:
-    """Best measured arm: highest quality; within ``quality_tolerance`` of it the cheapest wins;
-    arms slower than the latency target only count when no arm meets it."""
-    arms = [a for a in report.arms if a.status == "ok" and a.quality is not None]
+def decide_from_evidence(report: EvidenceReport, path: str, latency_target_ms: int | None) -> EvidenceSummary:
+    """What a compare report.json says, by compare's own rule (:func:`tunewise.compare.recommend`).
+
+    The report's recommendation is taken as written; the rule is applied again only to set aside
+    arms slower than ``latency_target_ms`` (when some arm meets it) or for a report written before
+    the rule recorded its decision. An unresolved comparison never becomes a case for fine-tuning:
+    when compare picked a fine-tuned arm only as the cheapest of arms that tie, advise acts on the
+    tied arm that needs no training (or, with none, leaves the decision to the rules).
+    """
+    from tunewise.compare.recommend import recommend
+
+    arms = [a.model_dump() for a in report.arms]
+    measured = [a for a in arms if a["status"] == "ok" and a["quality"] is not None]
+    unscored = [a["name"] for a in measured if a.get("scores") is None]
+    if unscored:
+        raise TunewiseError(
+            f"{path}: arm '{unscored[0]}' has no per-example scores (a report.json from an older tunewise compare)",
+            "rerun `tunewise compare` and pass its new report.json: advise needs the per-example scores to tell "
+            "a real difference from noise",
+        )
+    rec = report.recommendation or {}
     note = ""
     if latency_target_ms is not None:
-        fast = [a for a in arms if a.latency_p50_s is None or a.latency_p50_s * 1000 <= latency_target_ms]
-        if fast and len(fast) < len(arms):
-            note = f"; arms slower than your {latency_target_ms} ms target were set aside"
-        arms = fast or arms
-    best_q = max(a.quality for a in arms)
-    near = [a for a in arms if a.quality >= best_q - quality_tolerance]
-    inf = float("inf")
-    chosen = min(near, key=lambda a: (a.cost_per_1k_queries_usd if a.cost_per_1k_queries_usd is not None else inf, -a.quality))
+        fast = [a for a in measured if a.get("latency_p50_s") is None or a["latency_p50_s"] * 1000 <= latency_target_ms]
+        if fast and len(fast) < len(measured):
+            note = f" (arms slower than your {latency_target_ms} ms target set aside, compare's rule applied to the rest)"
+            rec = recommend(fast, report.quality_tolerance, report.currency, primary_metric=report.primary_metric)
+    if rec.get("decision") not in ("clear", "tie"):
+        rec = recommend(measured, report.quality_tolerance, report.currency, primary_metric=report.primary_metric)
+    by = {a["name"]: a for a in arms}
+    pick = by[rec["arm"]]
+    tied = [by[n] for n in rec.get("tied_arms") or [pick["name"]]]
+    resolved = rec["decision"] == "clear"
+    verdict = rec.get("finetuning_verdict")
+    act: dict[str, Any] | None = pick
+    if pick["kind"] == "finetuned" and verdict != "paid_off":
+        act = next((a for a in tied if a["kind"] != "finetuned"), None)
+    comparisons = rec.get("comparisons") or {}
+    needs = [c["examples_needed"] for n, c in comparisons.items()
+             if c.get("examples_needed") and n in {a["name"] for a in tied}]
+    more = f"; about {max(needs):,} held-out examples would separate them" if needs else ""
 
-    def rank_key(a: EvidenceArm) -> tuple:
-        near_best = a.quality >= best_q - quality_tolerance
-        cost = a.cost_per_1k_queries_usd if a.cost_per_1k_queries_usd is not None else inf
-        return (not near_best, cost if near_best else 0.0, -a.quality)
+    def describe(a: dict[str, Any]) -> str:
+        iv = a.get("quality_interval")
+        ci = f" [95% {iv['low']:.2f}–{iv['high']:.2f}]" if iv else ""
+        return f"'{a['name']}' ({a['kind']}, {report.primary_metric} {a['quality']:.3f}{ci})"
 
-    ranking = sorted(arms, key=rank_key)
-    if chosen in ranking:  # the latency filter may put the chosen arm after a slower, cheaper one
-        ranking.remove(chosen)
-        ranking.insert(0, chosen)
-    cost = f", ${chosen.cost_per_1k_queries_usd:g} per 1K queries" if chosen.cost_per_1k_queries_usd is not None else ""
-    statement = (
-        f"Measured evidence from {path} takes precedence over the rules: arm '{chosen.name}' "
-        f"({chosen.kind}) scored {chosen.quality:.3f}{cost}; the best quality measured was {best_q:.3f} "
-        f"(arms within {quality_tolerance} of it are ranked by cost{note})."
-    )
+    head = f"Measured evidence from {path}, by tunewise compare's rule{note}"
+    if resolved:
+        statement = f"{head}, takes precedence over the rules: {describe(pick)} beat every other arm."
+    elif act is pick:
+        others = ", ".join(describe(a) for a in tied[1:])
+        statement = (f"{head}, takes precedence over the rules: unresolved — {describe(pick)} ties with {others} "
+                     f"on this eval set{more}; it is the cheapest of them.")
+    elif act is not None:
+        statement = (f"{head}, takes precedence over the rules: unresolved — compare recommends {describe(pick)} "
+                     f"only as the cheapest per query of arms that tie{more}, which is no evidence that fine-tuning pays "
+                     f"off; {describe(act)} ties with it and needs no training.")
+    else:
+        statement = (f"{head}, does not decide: {describe(pick)} was recommended but no arm without training "
+                     "could be compared with it, so it cannot show that fine-tuning pays off; the rules decide.")
+    order = tied + sorted([a for a in measured if a not in tied], key=lambda a: -a["quality"])
+    ranking = [{"name": a["name"], "kind": a["kind"], "quality": a["quality"],
+                "quality_interval": a.get("quality_interval"), "cost_per_1k_queries_usd": a.get("cost_per_1k_queries_usd"),
+                "latency_p50_s": a.get("latency_p50_s"),
+                "vs_recommended": "recommended" if a is pick else (comparisons.get(a["name"]) or {}).get("status")}
+               for a in order]
     return EvidenceSummary(
-        path=path, best_arm=chosen.name, best_kind=chosen.kind, option=KIND_TO_OPTION[chosen.kind],
-        ranking=[{"name": a.name, "kind": a.kind, "quality": a.quality,
-                  "cost_per_1k_queries_usd": a.cost_per_1k_queries_usd, "latency_p50_s": a.latency_p50_s}
-                 for a in ranking],
-        statement=statement,
+        path=path, best_arm=act["name"] if act else None, best_kind=act["kind"] if act else None,
+        option=KIND_TO_OPTION[act["kind"]] if act else None, ranking=ranking, statement=statement,
+        compare_arm=pick["name"], resolved=resolved, finetuning_verdict=verdict,
     )
 
 
@@ -255,7 +298,7 @@ class Advice:
         return {
             "recommendation": self.recommendation,
             "recommendation_label": self.label,
-            "decided_by": "evidence" if self.evidence else "rules",
+            "decided_by": "evidence" if self.evidence and self.evidence.option else "rules",
             "currency": self.currency,
             "answers": self.answers.model_dump(mode="json"),
             "ranked": [
@@ -273,7 +316,7 @@ class Advice:
 
 def _vram(answers: Answers, gpus: dict[str, Any]) -> tuple[str | None, float | None, str]:
     """(table key or None, VRAM GB or None, kind) of the user's GPU."""
-    from tunewise.costs import find_gpu
+    from tunewise.tables import find_gpu
 
     if answers.gpu.strip().lower() in ("none", "no", "", "0"):
         if answers.gpu_vram_gb:
@@ -363,12 +406,12 @@ def advise(
     inr_per_usd: float | None = None,
 ) -> Advice:
     """Recommend prompting, RAG, fine-tuning or RAG + fine-tuning, with reasons, costs and a plan."""
-    from tunewise.costs import CostAssumptions, api_price, cost_options, load_fx, load_gpus
+    from tunewise.costs import CostAssumptions, api_price, cost_options
+    from tunewise.tables import load_gpus, usd_rate
 
     gpus = gpus if gpus is not None else load_gpus()
     key, vram, kind = _vram(answers, gpus)  # validates the GPU name early
-    fx = load_fx()
-    rate = 1.0 if answers.currency == "USD" else (inr_per_usd or float(fx["usd_to"]["INR"]))
+    rate = usd_rate(answers.currency, inr_per_usd if answers.currency == "INR" else None)
     q = answers.queries_per_month
     g = answers.goal
     n = answers.labelled_examples
@@ -471,8 +514,8 @@ def advise(
         for opt in OPTIONS:
             monthly = (costs[opt][2] + costs[opt][1] / am) * rate
             if monthly > answers.budget_per_month:
-                add(opt, "budget", -2, f"about {_money(monthly, answers.currency)}/month with setup spread over "
-                    f"{am:g} months, over your budget of {_money(answers.budget_per_month, answers.currency)}")
+                add(opt, "budget", -2, f"about {money(monthly, answers.currency)}/month with setup spread over "
+                    f"{am:g} months, over your budget of {money(answers.budget_per_month, answers.currency)}")
     # RAG + fine-tuning only makes sense when both halves have support.
     if not reasons["rag_finetune"]:
         add("rag_finetune", "goal", -2, "nothing here needs both retrieval and a tuned model; it adds both costs")
@@ -488,10 +531,11 @@ def advise(
     if evidence is not None:
         report = load_evidence(evidence)
         ev = decide_from_evidence(report, str(evidence), answers.latency_target_ms)
-        best = next(o for o in advices if o.key == ev.option)
-        best.reasons.insert(0, Reason("evidence", ev.statement, 0))
-        advices.remove(best)
-        advices.insert(0, best)
+        if ev.option is not None:
+            best = next(o for o in advices if o.key == ev.option)
+            best.reasons.insert(0, Reason("evidence", ev.statement, 0))
+            advices.remove(best)
+            advices.insert(0, best)
         notes.append(ev.statement)
     recommendation = advices[0].key
 
@@ -532,9 +576,3 @@ def _next_commands(rec: str, answers: Answers, plan: FinetunePlan | None) -> lis
     cmds.append(f"tunewise cost --queries {q}{cur}      # full cost comparison and break-even chart")
     cmds.append("tunewise advise --answers answers.yaml --evidence runs/compare/report.json   # decide on measurements")
     return cmds
-
-
-def _money(x: float, currency: str) -> str:
-    from tunewise.costs import format_money
-
-    return format_money(x, currency)

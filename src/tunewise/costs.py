@@ -28,7 +28,8 @@ from pydantic import Field
 
 from tunewise.config import Strict
 from tunewise.errors import TunewiseError
-from tunewise.tables import load_table, read_override
+from tunewise.formatting import short
+from tunewise.tables import check_currency, find_gpu, gpu_table_source, load_fx, load_gpus, load_table, usd_rate
 
 OPTION_LABELS = {
     "prompt_cheap_api": "Prompting + cheap API model",
@@ -42,75 +43,6 @@ OPTION_LABELS = {
 }
 GUIDE_OPTIONS = ("rag_cheap_api", "rag_frontier_api", "finetune_local", "finetune_hosted", "openai_finetune")
 Currency = Literal["USD", "INR"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------------
-
-
-def load_gpus(override: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The GPU table (shipped, merged with a user's YAML ``gpus:`` mapping)."""
-    table = load_table("gpus.yaml")["gpus"]
-    if override:
-        data = read_override(override, "GPU table")
-        extra = data.get("gpus", data)
-        if not isinstance(extra, dict):
-            raise TunewiseError(f"{override}: 'gpus' must be a mapping of name to fields", "see tables/gpus.yaml")
-        required = ("name", "kind", "vram_gb", "bf16_tflops", "usd_per_hour", "decode_tokens_per_s_8b")
-        for key, fields in extra.items():
-            if not isinstance(fields, dict):
-                raise TunewiseError(f"{override}: gpus.{key} must be a mapping", "see tables/gpus.yaml")
-            merged = {**table.get(key, {}), **fields}
-            missing = [r for r in required if r not in merged]
-            if missing:
-                raise TunewiseError(f"{override}: gpus.{key} lacks {', '.join(missing)}", "add those fields")
-            for num in required[2:]:
-                if not isinstance(merged[num], (int, float)) or merged[num] <= 0:
-                    raise TunewiseError(f"{override}: gpus.{key}.{num} must be a positive number", "fix the value")
-            table[key] = merged
-    return table
-
-
-def gpu_table_source() -> tuple[str, str]:
-    t = load_table("gpus.yaml")
-    return str(t["date"]), " ".join(str(t["source"]).split())
-
-
-def find_gpu(name: str, gpus: dict[str, dict[str, Any]]) -> str:
-    """Normalise a GPU name ("RTX 4090", "a100-80gb", "H100") to a table key, or a clear error."""
-    import difflib
-
-    key = name.strip().lower().replace(" ", "-").replace("_", "-")
-    aliases = {k.replace("rtx-", ""): k for k in gpus}
-    aliases.update({"a100": "a100-80gb", "a6000": "rtx-a6000", "cpu": "cpu-16", "3090": "rtx-3090", "4090": "rtx-4090"})
-    if key in gpus:
-        return key
-    if key in aliases:
-        return aliases[key]
-    close = difflib.get_close_matches(key, list(gpus), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise TunewiseError(
-        f"unknown GPU '{name}'",
-        f"{hint}known: {', '.join(gpus)}; add yours with --gpus FILE (see docs/advise.md)",
-    )
-
-
-def load_fx(override: str | Path | None = None) -> dict[str, Any]:
-    fx = load_table("fx.yaml")
-    if override:
-        data = read_override(override, "currency table")
-        fx["usd_to"].update(data.get("usd_to", {}))
-        fx["date"] = data.get("date", "user override")
-        fx["source"] = data.get("source", str(override))
-    return fx
-
-
-def check_currency(currency: str) -> str:
-    cur = currency.strip().upper()
-    if cur not in ("USD", "INR"):
-        raise TunewiseError(f"unknown currency '{currency}'", "use USD or INR")
-    return cur
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,9 +80,25 @@ def api_price(model: str, input_tokens: int, output_tokens: int, provider: str |
     )
 
 
-def api_price_usd(model: str, input_tokens: int, output_tokens: int, provider: str | None = None) -> float:
-    """USD for a call of these token counts (genai-prices, offline); used by `tunewise compare`."""
-    return api_price(model, input_tokens, output_tokens, provider).usd_per_query
+def api_cost_per_1k_usd(model: str, provider: str | None, input_tokens: float, output_tokens: float,
+                        price_in: float | None = None, price_out: float | None = None) -> tuple[float | None, str]:
+    """USD for 1,000 queries of the given mean token counts, and where the price came from.
+
+    Prices given in the config (USD per 1M tokens) win; otherwise genai-prices' snapshot through
+    :func:`api_price`. A model it does not know gives ``None`` and a note saying what to set.
+    """
+    if price_in is not None and price_out is not None:
+        return (input_tokens * price_in + output_tokens * price_out) * 1000.0 / 1e6, "prices from the config"
+    try:
+        p = api_price(model, int(round(input_tokens * 1000)), int(round(output_tokens * 1000)), provider)
+    except TunewiseError as e:
+        return None, f"{e.message}; set price_input_per_mtok_usd/price_output_per_mtok_usd"
+    return p.usd_per_query, f"genai-prices ({p.provider} {p.model})"
+
+
+def local_cost_per_1k(seconds_per_query: float, price_per_hour: float) -> float:
+    """Serving cost of 1,000 queries answered one after another on hardware rented by the hour."""
+    return seconds_per_query * 1000.0 / 3600.0 * price_per_hour
 
 
 def genai_prices_version() -> str:
@@ -479,7 +427,7 @@ def compare_costs(
     gpus = gpus if gpus is not None else load_gpus()
     fx = fx or load_fx()
     currency = check_currency(a.currency)
-    rate = 1.0 if currency == "USD" else (a.inr_per_usd or float(fx["usd_to"]["INR"]))
+    rate = usd_rate(currency, a.inr_per_usd, fx)
     options = cost_options(a, gpus)
     am = a.amortise_months
     date, src = gpu_table_source()
@@ -520,12 +468,12 @@ def plot_costs(comp: CostComparison, path: str | Path, keys: tuple[str, ...] | N
             if any(abs(math.log10(be.queries_per_month / x)) < 0.08 and abs(math.log10(y / yy)) < 0.15 for x, yy in labelled):
                 continue  # a neighbour's label already covers this point
             labelled.append((be.queries_per_month, y))
-            ax.annotate(f"{_short(be.queries_per_month)}", (be.queries_per_month, y), textcoords="offset points",
+            ax.annotate(f"{short(be.queries_per_month)}", (be.queries_per_month, y), textcoords="offset points",
                         xytext=(4, -12), fontsize=7)
     q = comp.assumptions.queries_per_month
     if q > 0:
         ax.axvline(q, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(f"your volume: {_short(q)}/month", (q, 1), xycoords=("data", "axes fraction"),
+        ax.annotate(f"your volume: {short(q)}/month", (q, 1), xycoords=("data", "axes fraction"),
                     xytext=(4, -14), textcoords="offset points", fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -542,22 +490,3 @@ def plot_costs(comp: CostComparison, path: str | Path, keys: tuple[str, ...] | N
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
-
-
-def _short(q: float) -> str:
-    if q >= 1e6:
-        return f"{q / 1e6:.3g}M"
-    if q >= 1e3:
-        return f"{q / 1e3:.3g}K"
-    return f"{q:.0f}"
-
-
-def format_money(amount: float, currency: str) -> str:
-    sym = "₹" if currency == "INR" else "$"
-    if amount == 0:
-        return f"{sym}0"
-    if abs(amount) < 1:
-        return f"{sym}{amount:.3g}"
-    if abs(amount) < 100:
-        return f"{sym}{amount:,.2f}"
-    return f"{sym}{amount:,.0f}"

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunewise.errors import TunewiseError
+from tunewise.tables import load_gpus
 
 Method = Literal["full", "lora", "qlora"]
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora")
@@ -682,11 +683,9 @@ def estimate(
     """Memory by component for each method, the GPUs it fits, training time and rental cost.
 
     ``training_tokens`` = examples x tokens per example x epochs (default 10k x 512 x 3).
-    ``gpus`` is the GPU table (``costs.load_gpus()``); default: the shipped one. ``methods``
+    ``gpus`` is the GPU table (``tables.load_gpus()``); default: the shipped one. ``methods``
     default to the setup's method, or all three when it names none.
     """
-    from tunewise.costs import load_gpus
-
     if not 0 < utilisation <= 1:
         raise TunewiseError(f"utilisation {utilisation} must be in (0, 1]", "e.g. --utilisation 0.35")
     if training_tokens <= 0:

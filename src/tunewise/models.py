@@ -105,12 +105,13 @@ def resolve_model(name_or_path: str | os.PathLike) -> ResolvedModel:
                 "pass a Hugging Face model directory, a .gguf file, a tunewise run directory "
                 f"or an embedded model name ({', '.join(EMBEDDED_MODELS)})",
             )
-        if (path / "model" / "config.json").is_file():  # a full fine-tuning run directory
-            return ResolvedModel(ref, path / "model")
-        adapter = _find_adapter_dir(path)
-        if adapter is not None:
-            base = _adapter_base(adapter)
-            return ResolvedModel(ref, resolve_model(base).path, adapter)
+        from tunewise.train.run_dir import result_dir
+
+        found = result_dir(path)  # a run directory's model/ or adapter/, or a bare adapter directory
+        if found is not None and (found / ADAPTER_CONFIG).is_file():
+            return ResolvedModel(ref, resolve_model(_adapter_base(found)).path, found)
+        if found is not None:
+            return ResolvedModel(ref, found)
         if (path / "config.json").is_file():
             return ResolvedModel(ref, path)
         ggufs = sorted(path.glob("*.gguf"))
@@ -148,14 +149,6 @@ def _hf_cache_lookup(repo_id: str) -> Path | None:
     except Exception:
         return None
     return snap if (snap / "config.json").is_file() else None
-
-
-def _find_adapter_dir(path: Path) -> Path | None:
-    """A PEFT adapter directory, or a tunewise run directory holding one under ``adapter/``."""
-    for cand in (path, path / "adapter"):
-        if (cand / ADAPTER_CONFIG).is_file():
-            return cand
-    return None
 
 
 def _adapter_base(adapter: Path) -> str:

@@ -89,7 +89,7 @@ def advise_cmd(
     Example: [bold]tunewise advise --goal style --examples 800 --queries 2000000 --on-premise --gpu rtx-4090[/]
     """
     from tunewise.advise import advise, load_answers
-    from tunewise.costs import load_gpus
+    from tunewise.tables import load_gpus
 
     if inr_rate is not None and inr_rate <= 0:
         raise TunewiseError(f"--inr-rate {inr_rate} must be positive", "e.g. --inr-rate 88")
@@ -111,17 +111,17 @@ def advise_cmd(
 
 
 def _print_advice(result) -> None:
-    from tunewise.costs import format_money
+    from tunewise.formatting import money
 
     cur = result.currency
-    by = "measured evidence" if result.evidence else "the guide's criteria"
+    by = "measured evidence" if result.evidence and result.evidence.option else "the guide's criteria"
     console.print(f"\n[bold green]Recommendation: {result.label}[/] [dim](decided by {by})[/]")
     table = Table(title=f"Options ranked (costs at {result.answers.queries_per_month:,} queries/month, {cur})")
     for col in ("#", "option", "score", "setup", "per month", "per query", "priced as"):
         table.add_column(col)
     for i, o in enumerate(result.ranked, 1):
-        table.add_row(str(i), o.label, str(o.score), format_money(o.setup, cur), format_money(o.monthly, cur),
-                      format_money(o.per_query, cur), o.cost_option)
+        table.add_row(str(i), o.label, str(o.score), money(o.setup, cur), money(o.monthly, cur),
+                      money(o.per_query, cur), o.cost_option)
     console.print(table)
     for o in result.ranked:
         if not o.reasons:
@@ -138,7 +138,7 @@ def _print_advice(result) -> None:
         console.print(f"  hardware: {p.hardware}", highlight=False)
         console.print(f"  tool: {p.tool}", highlight=False)
         if p.training_hours is not None:
-            cost = f", about {format_money(p.training_cost, cur)}" if p.training_cost is not None else ""
+            cost = f", about {money(p.training_cost, cur)}" if p.training_cost is not None else ""
             console.print(f"  training: about {p.training_hours:.1f} h for {result.answers.labelled_examples:,} examples × 512 tokens × 3 epochs{cost}", highlight=False)
         for w in p.why:
             console.print(f"  · {escape(w)}", highlight=False)
@@ -171,7 +171,8 @@ def cost_cmd(
     Example: [bold]tunewise cost --queries 1000000 --currency INR[/]
     """
     from tunewise.config import parse_overrides
-    from tunewise.costs import GUIDE_OPTIONS, compare_costs, load_assumptions, load_gpus, plot_costs
+    from tunewise.costs import GUIDE_OPTIONS, compare_costs, load_assumptions, plot_costs
+    from tunewise.tables import load_gpus
 
     ov = parse_overrides(set_)
     if queries is not None:
@@ -194,7 +195,7 @@ def cost_cmd(
 
 
 def _print_costs(comp, show_all: bool, guide: tuple[str, ...]) -> None:
-    from tunewise.costs import _short, format_money
+    from tunewise.formatting import money, short
 
     a = comp.assumptions
     cur = comp.currency
@@ -207,8 +208,8 @@ def _print_costs(comp, show_all: bool, guide: tuple[str, ...]) -> None:
         if not show_all and o.key not in guide:
             continue
         gpu = o.gpu + (f" ×{od['gpus_at_volume']}" if od["gpus_at_volume"] > 1 else "")
-        table.add_row(o.label, format_money(od["setup"], cur), format_money(od["per_query"], cur),
-                      format_money(od["monthly_running"], cur), format_money(od["monthly_with_setup"], cur), gpu)
+        table.add_row(o.label, money(od["setup"], cur), money(od["per_query"], cur),
+                      money(od["monthly_running"], cur), money(od["monthly_with_setup"], cur), gpu)
     console.print(table)
     for o in comp.options:
         if show_all or o.key in guide:
@@ -219,7 +220,7 @@ def _print_costs(comp, show_all: bool, guide: tuple[str, ...]) -> None:
     if not comp.break_evens:
         console.print("  none between 100 and 1B queries/month")
     for b in sorted(comp.break_evens, key=lambda b: b.queries_per_month):
-        console.print(f"  {labels[b.a]} = {labels[b.b]} at {_short(b.queries_per_month)}/month; "
+        console.print(f"  {labels[b.a]} = {labels[b.b]} at {short(b.queries_per_month)}/month; "
                       f"above it {labels[b.cheaper_above]} is cheaper", highlight=False)
     console.print("\n[bold]The guide's rules of thumb, checked with these numbers[/]")
     for r in comp.rules:
@@ -277,10 +278,11 @@ def estimate_cmd(
 
     Example: [bold]tunewise estimate 8b --examples 5000 --seq-len 1024[/]
     """
-    from tunewise.costs import check_currency, find_gpu, load_fx, load_gpus
     from tunewise.estimate import GB, cpu_estimates, estimate, load_shape, setup_from
+    from tunewise.tables import check_currency, find_gpu, load_gpus, usd_rate
 
     cur = check_currency(currency)
+    rate = usd_rate(cur, inr_rate if cur == "INR" else None)
     flags = {
         "method": method, "sequence_len": seq_len, "micro_batch_size": micro_batch,
         "micro_batch_tokens": micro_batch_tokens, "gradient_checkpointing": checkpointing, "lora_r": lora_r,
@@ -292,7 +294,6 @@ def estimate_cmd(
     if gpu is not None:
         key = find_gpu(gpu, gpus)
         gpus = {key: gpus[key]}
-    rate = 1.0 if cur == "USD" else (inr_rate or float(load_fx()["usd_to"]["INR"]))
     est = estimate(model, setup, training_tokens=examples * tokens_per_example * epochs, utilisation=utilisation,
                    gpus=gpus)
     here = []
@@ -306,7 +307,7 @@ def estimate_cmd(
             d["this_machine"] = {c.method: c.as_dict() for c in here}
         print(json.dumps(d, indent=2, default=str))
         return
-    from tunewise.costs import format_money
+    from tunewise.formatting import money
 
     console.print(f"[bold]{est.model}[/]: {est.parameters / 1e9:.2f}B parameters; "
                   f"{est.training_tokens / 1e6:.1f}M training tokens ({examples:,} × {tokens_per_example} × {epochs:g}); "
@@ -328,7 +329,7 @@ def estimate_cmd(
             t.add_row(f.name, f"{f.vram_gb:g} GB", "yes" if f.fits else "no",
                       str(f.gpus_needed) if f.gpus_needed else "—",
                       f"{f.hours:.1f}" if f.hours is not None else "—",
-                      format_money(f.usd * rate, cur) if f.usd is not None else "—")
+                      money(f.usd * rate, cur) if f.usd is not None else "—")
         console.print(t)
     if here:
         c0 = here[0]

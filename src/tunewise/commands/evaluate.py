@@ -84,23 +84,34 @@ def compare_cmd(
 
 
 def print_compare_summary(report: dict, html_path: Path) -> None:
-    from tunewise.compare.report import _money
+    from tunewise.formatting import money
 
     cur = report["currency"]
+    rec = report["recommendation"]
+    if report.get("caveat"):
+        console.print(f"[bold yellow]Caveat:[/] {report['caveat']}", highlight=False)
     t = Table(title=f"{report['name']} — {report['n_examples']} eval examples, quality = {report['primary_metric']}")
-    for col in ("arm", "quality", "p50 s", "tokens in/out", "cost / 1k queries", "monthly"):
+    for col in ("arm", "quality [95%]", "vs recommended (paired)", "p50 s", "tokens in/out", "cost / 1k queries",
+                "monthly"):
         t.add_column(col, justify="left" if col == "arm" else "right")
-    pick = report["recommendation"].get("arm")
+    pick = rec.get("arm")
     for a in report["arms"]:
         if a.get("status") != "ok":
-            t.add_row(a["name"], "skipped", "", "", "", a.get("skip_reason", ""))
+            t.add_row(a["name"], "skipped", "", "", "", "", a.get("skip_reason", ""))
             continue
         style = "bold green" if a["name"] == pick else None
-        t.add_row(a["name"], f"{a['quality']:.3f}" if a["quality"] is not None else "–", f"{a['latency_p50_s']:.2f}",
-                  f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
-                  _money(a.get("cost_per_1k_queries"), cur), _money(a.get("monthly_cost"), cur), style=style)
+        iv = a.get("quality_interval")
+        q = "–" if a["quality"] is None else f"{a['quality']:.3f}" + (f" [{iv['low']:.2f}–{iv['high']:.2f}]" if iv else "")
+        c = (rec.get("comparisons") or {}).get(a["name"]) or {}
+        vs = ("recommended" if a["name"] == pick else
+              f"{c['diff']:+.3f} [{c['low']:+.2f}, {c['high']:+.2f}] {c['status']}" if "diff" in c else "–")
+        t.add_row(a["name"], q, vs, f"{a['latency_p50_s']:.2f}", f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
+                  money(a.get("cost_per_1k_queries"), cur), money(a.get("monthly_cost"), cur), style=style)
     console.print(t)
-    for s in report["recommendation"]["statements"]:
+    if rec.get("decision") in ("clear", "tie"):
+        console.print("[green]Resolved:[/] the recommended arm beat every other arm." if rec["decision"] == "clear"
+                      else "[yellow]Unresolved (a tie):[/] the tied arms could not be told apart on this eval set.")
+    for s in rec["statements"]:
         console.print(f"[bold]→[/] {s}", highlight=False)
     console.print(f"Report: {html_path}", highlight=False, soft_wrap=True)
 

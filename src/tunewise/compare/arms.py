@@ -3,7 +3,6 @@ with demonstrations, with retrieved context) and answers it, timing everything i
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import ChatResult, EvalExample, openai_chat
+from tunewise.train.run_dir import result_dir
 
 
 @dataclass
@@ -112,37 +112,13 @@ class ApiArm(Arm):
                            max_tokens=self.max_new_tokens, timeout_s=self.timeout_s)
 
 
-def read_run_summary(run_dir: Path) -> dict[str, Any]:
-    """What a `tunewise train` run recorded: summary.json and the loss curve from metrics.jsonl."""
-    out: dict[str, Any] = {"run_dir": str(run_dir)}
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            out["summary"] = json.loads(summary.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            out["summary"] = {}
-    curve: list[dict] = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row and ("loss" in row or "eval_loss" in row):
-                curve.append({k: row[k] for k in ("step", "loss", "eval_loss") if k in row})
-    out["loss_curve"] = curve
-    return out
-
-
 def check_run_dir(path: str, where: str) -> Path:
     """A fine-tuned arm's run directory must hold an adapter (or a full model)."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise TunewiseError(f"{where}: run directory {p} does not exist",
                             "train it first (`tunewise train CONFIG`) or give the arm a train: section")
-    if not ((p / "adapter" / "adapter_config.json").is_file() or (p / "adapter_config.json").is_file()
-            or (p / "model" / "config.json").is_file()):
+    if result_dir(p) is None:
         raise TunewiseError(f"{where}: {p} is not a finished tunewise run (no adapter/ or model/ inside)",
                             "point run: at the output_dir of a completed `tunewise train`")
     return p

@@ -1,5 +1,5 @@
 """Charts of a comparison as PNG bytes (matplotlib, Agg backend): quality vs cost, per-metric
-bars, latency, and training loss curves."""
+bars, latency, and training loss curves. Quality carries its 95% interval as error bars."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick
         # Stack labels of points that sit close together instead of printing them on top of each other.
         near = sum(1 for px, py in placed if abs(px - x) < 0.15 * xmax and abs(py - y) < 0.06)
         placed.append((x, y))
+        iv = a.get("quality_interval")
+        if iv:
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - iv["low"])], [max(0.0, iv["high"] - y)]], fmt="none",
+                        ecolor=COLORS.get(a["kind"], "#777"), elinewidth=1.5, capsize=5, zorder=2)
         ax.scatter([x], [y], s=160 if a["name"] == pick else 80, color=COLORS.get(a["kind"], "#777"),
                    edgecolors="black" if a["name"] == pick else "none", linewidths=2, zorder=3)
         ax.annotate(a["name"] + ("  ← recommended" if a["name"] == pick else ""), (x, y),
@@ -46,7 +50,7 @@ def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlim(0, xmax * 1.4 if xmax > 0 else 1.0)
     ax.grid(alpha=0.3)
-    ax.set_title("Quality vs cost (up and left is better)")
+    ax.set_title("Quality vs cost (up and left is better; bars: 95% interval)")
     return _png(fig)
 
 
@@ -59,14 +63,18 @@ def metric_bars(arms: list[dict[str, Any]], metrics: list[str]) -> bytes:
     for i, a in enumerate(ran):
         vals = [a["metrics"].get(m, 0.0) for m in metrics]
         xs = [j + i * width - 0.4 + width / 2 for j in range(len(metrics))]
-        ax.bar(xs, vals, width=width, label=a["name"], color=COLORS.get(a["kind"], None))
+        ivs = [(a.get("metric_intervals") or {}).get(m) for m in metrics]
+        err = [[max(0.0, v - iv["low"]) if iv else 0.0 for v, iv in zip(vals, ivs)],
+               [max(0.0, iv["high"] - v) if iv else 0.0 for v, iv in zip(vals, ivs)]]
+        ax.bar(xs, vals, width=width, label=a["name"], color=COLORS.get(a["kind"], None),
+               yerr=err if any(ivs) else None, error_kw={"ecolor": "#333", "capsize": 3, "elinewidth": 1})
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (0..1, higher is better)")
     ax.legend(fontsize=8, ncol=min(len(ran), 5))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Quality metrics per arm")
+    ax.set_title("Quality metrics per arm (bars: 95% interval)")
     return _png(fig)
 
 

@@ -1,14 +1,20 @@
-"""Costs per query and the recommendation rule, both derived only from the measurements.
+"""The recommendation rule, derived only from the measurements (documented in docs/compare.md).
 
-Rule (documented in docs/compare.md):
-
-1. Consider the arms that ran and have a quality value (the primary metric, 0..1).
-2. The *best* quality is the highest of those. Every arm within ``quality_tolerance`` of it
-   (absolute) counts as equally good.
-3. Among those, recommend the one with the lowest cost per 1,000 queries; ties go to the lower
-   median latency, then to the simpler kind (prompt < few_shot < rag < finetuned < api).
-4. Fine-tuning *paid off* only when the recommended arm is a fine-tuned one; otherwise the report
-   says plainly that it did not, and by how much the fine-tuned arm trailed or cost more.
+1. Consider the arms that ran and have a quality value (the primary metric, 0..1, per example).
+2. Compare arms example by example (:func:`tunewise.compare.stats.paired`). Arm X *beat* arm Y
+   when the 95% paired interval of X − Y lies above zero (the exact sign-flip test rejects "no
+   difference") **and** the difference is larger than ``quality_tolerance``. Nothing else counts
+   as one arm being better than another: a difference inside the noise, or inside the tolerance,
+   is a tie.
+3. An arm that another arm beat is out. The rest are indistinguishable from one another on this
+   eval set; recommend the cheapest of them (cost per 1,000 queries; then the lower median
+   latency; then the simpler kind, prompt < few_shot < rag < finetuned < api). With more than one
+   left the report says it was a tie, and how many held-out examples would separate the pick from
+   each tied arm (:func:`tunewise.compare.stats.needed_for`).
+4. Fine-tuning *paid off* only when the recommended arm is a fine-tuned one and it beat every arm
+   that needs no training. A fine-tuned pick tied with such an arm leaves the question
+   *unresolved* (``finetuning_paid_off`` None): it was picked on cost per query, which leaves out
+   its training. When the pick needs no training, fine-tuning did not pay off on this eval set.
 5. With ``min_quality`` set and the best quality below it, the report says no arm is fit for use.
 """
 
@@ -16,131 +22,169 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunewise.compare.stats import Paired, needed_for, paired
+from tunewise.formatting import money
+
 SIMPLICITY = {"prompt": 0, "few_shot": 1, "rag": 2, "finetuned": 3, "api": 4}
+INF = float("inf")
 
 
-def usd_rate_for(currency: str, override: float | None = None) -> float:
-    """Units of ``currency`` per USD: the override, else the shipped fx table, else 1 for USD."""
-    if override:
-        return float(override)
-    if currency == "USD":
-        return 1.0
-    try:
-        from tunewise.tables import load_table
-
-        return float(load_table("fx.yaml")["usd_to"][currency])
-    except Exception:  # table missing in an old install: a stated fallback, shown in the report
-        return 88.0
+def _cost(a: dict[str, Any]) -> float | None:
+    """Cost per 1,000 queries in the report's currency (USD in a hand-written evidence file)."""
+    return a["cost_per_1k_queries"] if a.get("cost_per_1k_queries") is not None else a.get("cost_per_1k_queries_usd")
 
 
-def local_cost_per_1k(seconds_per_query: float, price_per_hour: float) -> float:
-    """Serving cost of 1,000 queries answered one after another on hardware rented by the hour."""
-    return seconds_per_query * 1000.0 / 3600.0 * price_per_hour
+def _cost_order(a: dict[str, Any]) -> tuple:
+    cost = _cost(a)
+    return (cost if cost is not None else INF, a.get("latency_p50_s") or INF, SIMPLICITY.get(a["kind"], 9))
 
 
-def api_cost_per_1k_usd(model: str, provider: str | None, input_tokens: float, output_tokens: float,
-                        price_in: float | None = None, price_out: float | None = None) -> tuple[float | None, str]:
-    """USD for 1,000 queries of the given mean token counts, and where the price came from."""
-    if price_in is not None and price_out is not None:
-        usd = (input_tokens * price_in + output_tokens * price_out) * 1000.0 / 1e6
-        return usd, "prices from the config"
-    try:
-        from tunewise import costs  # the advise helper's lookup, if present
-
-        lookup = getattr(costs, "api_price_usd", None)
-    except ImportError:
-        lookup = None
-    if lookup is not None:
-        try:
-            usd = float(lookup(model, int(round(input_tokens * 1000)), int(round(output_tokens * 1000)),
-                               provider=provider))
-            return usd, "genai-prices (via tunewise.costs)"
-        except Exception:
-            pass
-    try:
-        from genai_prices import Usage, calc_price
-
-        usage = Usage(input_tokens=int(round(input_tokens * 1000)), output_tokens=int(round(output_tokens * 1000)))
-        kw = {"provider_id": provider} if provider else {}
-        price = calc_price(usage, model, **kw)
-        return float(price.total_price), f"genai-prices ({price.provider.name} {price.model.name})"
-    except Exception as e:
-        return None, f"no price known for '{model}' ({type(e).__name__}); set price_input_per_mtok_usd/price_output_per_mtok_usd"
+def compare_arms(a: dict[str, Any], b: dict[str, Any]) -> Paired | None:
+    """Arm ``a`` minus arm ``b`` on the examples both were scored on (None without per-example scores)."""
+    if a.get("scores") is None or b.get("scores") is None:
+        return None
+    return paired(a["scores"], b["scores"])
 
 
-def _fmt_money(x: float | None, currency: str) -> str:
-    if x is None:
-        return "unknown"
-    sym = {"INR": "₹", "USD": "$"}.get(currency, currency + " ")
-    return f"{sym}{x:,.2f}" if x >= 1 else f"{sym}{x:,.4f}"
+def interval_text(a: dict[str, Any]) -> str:
+    iv = a.get("quality_interval")
+    return f" (95% interval {iv['low']:.2f}–{iv['high']:.2f})" if iv else ""
+
+
+def paired_text(p: Paired) -> str:
+    return (f"{p.diff:+.3f} (95% interval {p.low:+.3f} to {p.high:+.3f}, sign-flip p = {p.p_value:.2g}, "
+            f"{p.n} paired examples)")
+
+
+def tie_text(x: str, y: str, p: Paired | None, tolerance: float) -> str:
+    """One sentence on why ``x`` and ``y`` count as equally good, and what would separate them."""
+    if p is None:
+        return f"'{x}' and '{y}' cannot be compared example by example (no per-example scores)."
+    if p.significant:
+        return (f"'{x}' vs '{y}': {paired_text(p)} — a real difference, but within the tolerance of "
+                f"{tolerance:.2f}.")
+    need = needed_for(p, tolerance)
+    if need is None:
+        return f"'{x}' vs '{y}': identical on all {p.n} examples."
+    return (f"'{x}' vs '{y}': {paired_text(p)} — indistinguishable at n={p.n}; about {need:,} examples "
+            "needed to separate them.")
 
 
 def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
               min_quality: float | None = None, primary_metric: str = "quality") -> dict[str, Any]:
-    """Apply the rule above to measured arms (dicts as in report.json)."""
+    """Apply the rule above to measured arms (dicts as in report.json, with per-example ``scores``)."""
     ran = [a for a in arms if a.get("status") == "ok" and a.get("quality") is not None]
-    rule = (f"cheapest arm (cost per 1,000 queries) among those within {tolerance:.2f} of the best "
-            f"{primary_metric}; ties: lower p50 latency, then the simpler approach")
+    rule = (f"cheapest arm (cost per 1,000 queries) among those no other arm beat; X beat Y when the 95% "
+            f"paired interval of X − Y excludes 0 and the difference exceeds the tolerance of {tolerance:.2f}; "
+            "ties: lower p50 latency, then the simpler approach")
     if not ran:
-        return {"arm": None, "kind": None, "rule": rule, "finetuning_paid_off": None,
-                "statements": ["No arm produced results, so there is nothing to recommend."],
-                "text": "No arm produced results, so there is nothing to recommend."}
-    best_q = max(a["quality"] for a in ran)
-    best = [a for a in ran if a["quality"] == best_q][0]
-    tied = [a for a in ran if a["quality"] >= best_q - tolerance - 1e-12]
-    big = float("inf")
-    tied.sort(key=lambda a: (a.get("cost_per_1k_queries") if a.get("cost_per_1k_queries") is not None else big,
-                             a.get("latency_p50_s") or big, SIMPLICITY.get(a["kind"], 9)))
-    pick = tied[0]
-    st: list[str] = []
-    cost = _fmt_money(pick.get("cost_per_1k_queries"), currency)
-    vs_best = "the best" if pick["quality"] >= best_q else f"best {best_q:.3f} by '{best['name']}'"
-    head = (f"Use '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f} "
-            f"({vs_best}), {cost} per 1,000 queries, p50 latency {pick['latency_p50_s']:.2f} s.")
-    st.append(head)
-    if pick is not best and pick["quality"] < best_q:
-        st.append(f"'{best['name']}' scored {best_q - pick['quality']:.3f} higher, within the tolerance of "
-                  f"{tolerance:.2f}, but costs {_fmt_money(best.get('cost_per_1k_queries'), currency)} per 1,000 queries.")
+        text = "No arm produced results, so there is nothing to recommend."
+        return {"arm": None, "kind": None, "rule": rule, "decision": "none", "resolved": False,
+                "finetuning_paid_off": None, "finetuning_verdict": None, "statements": [text], "text": text,
+                "tied_arms": [], "comparisons": {}}
+    pairs: dict[tuple[str, str], Paired | None] = {}
 
-    ft = [a for a in ran if a["kind"] == "finetuned"]
-    paid: bool | None = None
-    if ft:
-        others = [a for a in ran if a["kind"] != "finetuned"]
-        best_ft = max(ft, key=lambda a: a["quality"])
-        if pick["kind"] == "finetuned":
-            paid = True
-            if others:
-                bo = max(others, key=lambda a: a["quality"])
-                gain = pick["quality"] - bo["quality"]
-                if gain > tolerance:
-                    st.append(f"Fine-tuning paid off: '{pick['name']}' beat the best other arm '{bo['name']}' "
-                              f"by {gain:+.3f} {primary_metric}.")
-                else:
-                    st.append(f"Fine-tuning paid off on cost only: '{pick['name']}' is as good as '{bo['name']}' "
-                              f"({gain:+.3f} {primary_metric}) and cheaper per query (a shorter prompt); "
-                              "its training is a one-off cost.")
-            else:
-                st.append("Fine-tuning paid off (no other arm ran).")
-        else:
-            paid = False
-            gap = best_q - best_ft["quality"]
-            if gap > tolerance:
-                st.append(f"Fine-tuning did not pay off: '{best_ft['name']}' reached {best_ft['quality']:.3f}, "
-                          f"{gap:.3f} below the best arm '{best['name']}'.")
-            else:
-                st.append(f"Fine-tuning did not pay off: '{best_ft['name']}' matched the best quality "
-                          f"({best_ft['quality']:.3f}) but '{pick['name']}' does as well for less "
-                          f"({_fmt_money(best_ft.get('cost_per_1k_queries'), currency)} vs {cost} per 1,000 queries"
-                          " — and it needs no training).")
+    def cmp(a: dict, b: dict) -> Paired | None:
+        key, mirror = (a["name"], b["name"]), (b["name"], a["name"])
+        if key not in pairs:
+            pairs[key] = pairs[mirror].flipped() if pairs.get(mirror) else compare_arms(a, b)
+        return pairs[key]
+
+    def beaten_by(a: dict) -> list[dict]:
+        return [b for b in ran if b is not a and (p := cmp(b, a)) is not None and p.beats(tolerance)]
+
+    best = max(ran, key=lambda a: a["quality"])
+    best_q = best["quality"]
+    tied = sorted([a for a in ran if not beaten_by(a)], key=_cost_order)
+    pick = tied[0]
+    resolved = len(tied) == 1
+    st: list[str] = []
+    lat = pick.get("latency_p50_s")
+    st.append(f"Use '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f}{interval_text(pick)}, "
+              f"{money(_cost(pick), currency)} per 1,000 queries"
+              + (f", p50 latency {lat:.2f} s." if lat is not None else "."))
+    others = [a for a in ran if a is not pick]
+    if resolved and others:
+        runner_up = max(others, key=lambda a: a["quality"])
+        p = cmp(pick, runner_up)
+        st.append(f"It beat every other arm; the closest, '{runner_up['name']}'"
+                  + (f": {paired_text(p)}." if p else "."))
+    elif not resolved:
+        names = ", ".join(f"'{a['name']}'" for a in tied[1:])
+        st.append(f"Tie: '{pick['name']}' and {names} are indistinguishable on this eval set (no arm beat "
+                  f"another by more than the noise and the tolerance of {tolerance:.2f}), so the cheapest is "
+                  "recommended.")
+        for a in sorted(tied[1:], key=lambda a: -a["quality"]):
+            st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
+
+    paid, verdict = _finetuning(ran, pick, tied, tolerance, currency, cmp, st)
+    best_iv = best.get("quality_interval")
     if best_q <= 0.0:
         st.append(f"No arm produced a single acceptable answer ({primary_metric} 0 everywhere), so the "
                   "choice above rests on cost alone. Try a larger base model or more training.")
     elif min_quality is not None and best_q < min_quality:
-        st.append(f"No arm is fit for use yet: the best {primary_metric} {best_q:.3f} is below the required "
-                  f"{min_quality:.2f}. Try a larger base model, more training data or a longer training run.")
-    skipped = [a for a in arms if a.get("status") != "ok"]
-    for a in skipped:
-        st.append(f"'{a['name']}' was not measured: {a.get('skip_reason', 'skipped')}.")
-    return {"arm": pick["name"], "kind": pick["kind"], "rule": rule, "finetuning_paid_off": paid,
+        sure = (" (even the top of its 95% interval is)" if best_iv and best_iv["high"] < min_quality else "")
+        st.append(f"No arm is fit for use yet: the best {primary_metric} {best_q:.3f}{interval_text(best)} is below "
+                  f"the required {min_quality:.2f}{sure}. Try a larger base model, more training data or a longer "
+                  "training run.")
+    for a in arms:
+        if a.get("status") != "ok":
+            st.append(f"'{a['name']}' was not measured: {a.get('skip_reason', 'skipped')}.")
+    comparisons = {}
+    for a in others:
+        p = cmp(a, pick)
+        if p is None:
+            comparisons[a["name"]] = {"status": "not comparable"}
+            continue
+        status = "better" if p.beats(tolerance) else "worse" if p.loses(tolerance) else "indistinguishable"
+        comparisons[a["name"]] = {**p.as_dict(), "status": status,
+                                  "examples_needed": needed_for(p, tolerance) if status == "indistinguishable" else None}
+    return {"arm": pick["name"], "kind": pick["kind"], "rule": rule,
+            "decision": "clear" if resolved else "tie", "resolved": resolved,
+            "finetuning_paid_off": paid, "finetuning_verdict": verdict,
             "best_quality": best_q, "best_arm": best["name"], "tied_arms": [a["name"] for a in tied],
-            "statements": st, "text": " ".join(st)}
+            "comparisons": comparisons, "statements": st, "text": " ".join(st)}
+
+
+def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | None, str | None]:
+    """Whether fine-tuning paid off (True / False / None when unresolved), with its statement."""
+    ft = [a for a in ran if a["kind"] == "finetuned"]
+    plain = [a for a in ran if a["kind"] != "finetuned"]  # arms that need no training
+    if not ft:
+        return None, None
+    if not plain:
+        st.append("Whether fine-tuning paid off cannot be judged: no arm without training ran.")
+        return None, None
+    if pick["kind"] == "finetuned":
+        best_plain = max(plain, key=lambda a: a["quality"])
+        if all((p := cmp(pick, a)) is not None and p.beats(tolerance) for a in plain):
+            st.append(f"Fine-tuning paid off: '{pick['name']}' beat every arm that needs no training; the best of "
+                      f"them, '{best_plain['name']}', by {paired_text(cmp(pick, best_plain))}.")
+            return True, "paid_off"
+        rival = max([a for a in tied if a["kind"] != "finetuned"] or plain, key=lambda a: a["quality"])
+        p = cmp(pick, rival)
+        if p is None:
+            how = "cannot be compared example by example"
+        elif not p.significant and (need := needed_for(p, tolerance)) is not None:
+            how = (f"{p.diff:+.3f}, p = {p.p_value:.2g}: indistinguishable at n={p.n}; about {need:,} examples "
+                   "needed to tell them apart")
+        else:
+            how = f"{p.diff:+.3f}: not more than the tolerance of {tolerance:.2f}"
+        st.append(f"Fine-tuning has not been shown to pay off: '{pick['name']}' vs '{rival['name']}' {how}. "
+                  f"'{pick['name']}' is recommended only as the cheapest per query of arms that tie; its training "
+                  "and data preparation are not in that cost.")
+        return None, "unresolved"
+    best_ft = max(ft, key=lambda a: a["quality"])
+    best = max(ran, key=lambda a: a["quality"])
+    if best_ft not in tied:
+        gap = best["quality"] - best_ft["quality"]
+        p = cmp(best_ft, best)
+        st.append(f"Fine-tuning did not pay off: '{best_ft['name']}' reached {best_ft['quality']:.3f}, {gap:.3f} "
+                  f"below the best arm '{best['name']}'" + (f" ({paired_text(p)})." if p else "."))
+        return False, "did_not_pay_off"
+    p = cmp(best_ft, pick)
+    st.append(f"Fine-tuning did not pay off on this eval set: '{best_ft['name']}' ties with '{pick['name']}'"
+              + (f" ({paired_text(p)})" if p else "")
+              + f", and '{pick['name']}' costs less ({money(_cost(pick), currency)} vs "
+              f"{money(_cost(best_ft), currency)} per 1,000 queries) and needs no training.")
+    return False, "did_not_pay_off"

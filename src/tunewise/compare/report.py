@@ -7,6 +7,8 @@ import base64
 from html import escape
 from typing import Any
 
+from tunewise.formatting import money
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
@@ -21,6 +23,8 @@ tr.pick td{background:#f3fbf3;font-weight:600}
 figcaption{color:#666;font-size:.85em}
 pre{white-space:pre-wrap;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
 .note{color:#8a6d3b} .wide{overflow-x:auto} small{color:#777}
+.caveat{border-left:6px solid #b26a00;background:#fff6e5;padding:.8em 1.2em;margin:1.2em 0}
+.ci{color:#666;font-size:.85em;white-space:nowrap} .tie{color:#b26a00;font-weight:600} .clear{color:#2e7d32;font-weight:600}
 """
 
 
@@ -36,11 +40,24 @@ def _num(x: Any, fmt: str = "{:.3f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def _money(x: float | None, cur: str) -> str:
-    if x is None:
-        return "unknown"
-    sym = {"INR": "₹", "USD": "$"}.get(cur, cur + " ")
-    return f"{sym}{x:,.2f}" if x >= 1 else f"{sym}{x:,.4f}"
+def _ci(iv: dict | list | None) -> str:
+    """A 95% interval as a small bracket after the figure."""
+    if not iv:
+        return ""
+    lo, hi = (iv["low"], iv["high"]) if isinstance(iv, dict) else iv
+    return f" <span class='ci'>[{lo:.2f}–{hi:.2f}]</span>"
+
+
+def _versus(a: dict[str, Any], rec: dict[str, Any]) -> str:
+    """The arm's paired difference to the recommended arm, its interval and what it means."""
+    if a["name"] == rec.get("arm"):
+        return "recommended"
+    c = (rec.get("comparisons") or {}).get(a["name"])
+    if not c or "diff" not in c:
+        return "–"
+    need = f"; ~{c['examples_needed']:,} examples to separate" if c.get("examples_needed") else ""
+    return (f"{c['diff']:+.3f} <span class='ci'>[{c['low']:+.3f} to {c['high']:+.3f}], p = {c['p_value']:.2g}</span>"
+            f"<br><small>{escape(c['status'])}{need}</small>")
 
 
 def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
@@ -56,16 +73,23 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
     h.append(f"<h1>{escape(report['name'])}</h1>")
     h.append(f"<p class='sub'>{report['n_examples']} eval examples from <code>{escape(report['eval_file'])}</code>"
              f" · base model <code>{escape(report['base_model'])}</code> · local arms priced on "
-             f"{escape(report['hardware']['name'])} at {_money(report['hardware']['price_per_hour'], cur)}/hour"
+             f"{escape(report['hardware']['name'])} at {money(report['hardware']['price_per_hour'], cur)}/hour"
              f" · {report['monthly_queries']:,} queries/month · {escape(report['created'])}</p>")
 
+    if report.get("caveat"):
+        h.append(f"<section id='caveat' class='caveat'><strong>Caveat.</strong> {escape(report['caveat'])}</section>")
     h.append(f"<section id='recommendation' class='rec{' bad' if bad else ''}'><h2>Recommendation</h2>")
+    if rec.get("decision") in ("clear", "tie"):
+        status = ("<span class='clear'>Resolved</span>: the recommended arm beat every other arm"
+                  if rec["decision"] == "clear" else
+                  "<span class='tie'>Unresolved (a tie)</span>: the arms below could not be told apart on this eval set")
+        h.append(f"<p id='decision'>{status}.</p>")
     for s in rec.get("statements", []):
         h.append(f"<p>{escape(s)}</p>")
     h.append(f"<p><small>Rule: {escape(rec['rule'])}.</small></p></section>")
 
     h.append("<h2>Results</h2><div class='wide'><table id='results'><tr><th>arm</th><th>kind</th>"
-             f"<th>quality ({escape(pm)})</th>")
+             f"<th>quality ({escape(pm)}) <small>[95% interval]</small></th><th>vs recommended <small>(paired)</small></th>")
     for m in metric_names:
         h.append(f"<th>{escape(m)}</th>")
     h.append("<th>p50 s</th><th>p95 s</th><th>tokens in / out</th><th>stopped</th>"
@@ -74,22 +98,28 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
         pick = " class='pick'" if a["name"] == rec.get("arm") else ""
         if a.get("status") != "ok":
             h.append(f"<tr><td>{escape(a['name'])}</td><td>{escape(a['kind'])}</td>"
-                     f"<td colspan='{9 + len(metric_names)}' class='note'>not measured: "
+                     f"<td colspan='{10 + len(metric_names)}' class='note'>not measured: "
                      f"{escape(a.get('skip_reason', ''))}</td></tr>")
             continue
         h.append(f"<tr{pick}><td>{escape(a['name'])}</td><td>{escape(a['kind'])}</td>"
-                 f"<td class='num'>{_num(a['quality'])}</td>")
+                 f"<td class='num'>{_num(a['quality'])}{_ci(a.get('quality_interval'))}</td>"
+                 f"<td class='num'>{_versus(a, rec)}</td>")
         for m in metric_names:
-            h.append(f"<td class='num'>{_num(a['metrics'].get(m))}</td>")
+            h.append(f"<td class='num'>{_num(a['metrics'].get(m))}{_ci((a.get('metric_intervals') or {}).get(m))}</td>")
         tr = a.get("training") or {}
         h.append(f"<td class='num'>{a['latency_p50_s']:.2f}</td><td class='num'>{a['latency_p95_s']:.2f}</td>"
                  f"<td class='num'>{a['mean_input_tokens']:.0f} / {a['mean_output_tokens']:.0f}</td>"
                  f"<td class='num'>{a['stopped_rate'] * 100:.0f}%</td>"
-                 f"<td class='num'>{_money(a.get('cost_per_1k_queries'), cur)}</td>"
-                 f"<td class='num'>{_money(a.get('monthly_cost'), cur)}</td>"
-                 f"<td class='num'>{_money(tr.get('cost'), cur) if tr else '–'}</td></tr>")
+                 f"<td class='num'>{money(a.get('cost_per_1k_queries'), cur)}</td>"
+                 f"<td class='num'>{money(a.get('monthly_cost'), cur)}</td>"
+                 f"<td class='num'>{money(tr.get('cost'), cur) if tr else '–'}</td></tr>")
     h.append("</table></div>")
-    h.append(f"<p><small>Cost of local arms = measured seconds per query × {_money(report['hardware']['price_per_hour'], cur)}"
+    h.append("<p><small>Intervals: 95%, per arm Wilson score (pass/fail scores) or Student t (graded scores); "
+             "paired differences to the recommended arm use the same examples, an exact sign-flip test and the "
+             "interval from inverting it. An arm beat another only when that interval excludes 0 and the "
+             f"difference exceeds the tolerance of {report.get('quality_tolerance', 0):.2f}. See docs/compare.md."
+             "</small></p>")
+    h.append(f"<p><small>Cost of local arms = measured seconds per query × {money(report['hardware']['price_per_hour'], cur)}"
              f"/hour ÷ 3600 (one query at a time; batching serves more per hour). API arms: token counts × "
              f"prices from genai-prices. 1 USD = {report['usd_rate']:g} {escape(cur)}.</small></p>")
 
@@ -101,13 +131,15 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
         h.append("</tr>")
         for n in names:
             h.append(f"<tr><td>{escape(n)}</td>")
-            h.extend(f"<td class='num'>{a['check_rates'].get(n, 0) * 100:.0f}%</td>" for a in checks)
+            h.extend(f"<td class='num'>{a['check_rates'].get(n, 0) * 100:.0f}%"
+                     f"{_ci((a.get('check_rate_intervals') or {}).get(n))}</td>" for a in checks)
             h.append("</tr>")
         h.append("</table>")
 
     h.append("<h2>Charts</h2><div class='charts'>")
-    h.append(_img(charts.get("quality_vs_cost"), "Quality vs cost per 1,000 queries", "chart-quality-cost"))
-    h.append(_img(charts.get("metrics"), "Quality metrics per arm", "chart-metrics"))
+    h.append(_img(charts.get("quality_vs_cost"), "Quality vs cost per 1,000 queries (error bars: 95% intervals)",
+                  "chart-quality-cost"))
+    h.append(_img(charts.get("metrics"), "Quality metrics per arm (error bars: 95% intervals)", "chart-metrics"))
     h.append(_img(charts.get("latency"), "Latency per query (p50, p95)", "chart-latency"))
     for name, png in charts.items():
         if name.startswith("loss:"):

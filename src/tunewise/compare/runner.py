@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.compare import charts as ch
-from tunewise.compare.arms import (
-    ApiArm as ApiRunner,
-    Arm,
-    check_run_dir,
-    demos_from_examples,
-    read_run_summary,
-)
+from tunewise.compare.arms import ApiArm as ApiRunner, Arm, check_run_dir, demos_from_examples
 from tunewise.compare.config import ARM_TYPES, CompareConfig
-from tunewise.compare.recommend import api_cost_per_1k_usd, local_cost_per_1k, recommend, usd_rate_for
+from tunewise.compare.recommend import recommend
 from tunewise.compare.report import render_html
 from tunewise.compare.speed import OtherLoad, decode_parity, load_warnings
+from tunewise.compare.stats import arm_uncertainty, eval_size_check
+from tunewise.costs import api_cost_per_1k_usd, local_cost_per_1k
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
     EvalExample,
@@ -36,7 +32,10 @@ from tunewise.evaluate import (
     tokens_per_second_text,
     write_outputs,
 )
+from tunewise.formatting import money
 from tunewise.paths import atomic_write_bytes, atomic_write_text
+from tunewise.tables import usd_rate
+from tunewise.train.run_dir import is_finished, read_summary
 
 
 @dataclass
@@ -128,7 +127,7 @@ def _train_arm(cfg: CompareConfig, arm, out: Path, con) -> Path:
         updates["base_model"] = cfg.base_model
     rc = rc.model_copy(update=updates)
     run_dir = Path(rc.output_dir)
-    if (run_dir / "summary.json").is_file() and (run_dir / "adapter").is_dir():
+    if is_finished(run_dir):  # LoRA, QLoRA or full: the same test `tunewise train` passes
         con.print(f"[dim]{arm.name}: reusing the finished run in {run_dir}[/]")
         return run_dir
     from tunewise.train import train
@@ -193,7 +192,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     out.mkdir(parents=True, exist_ok=True)
     metrics = list(cfg.metrics) if cfg.metrics else default_metrics(examples, cfg.checks, cfg.judge)
     primary = _primary(cfg, metrics)
-    rate = usd_rate_for(cfg.currency, cfg.usd_rate)
+    rate = usd_rate(cfg.currency, cfg.usd_rate)
     models = _Models()
     arm_reports: list[dict[str, Any]] = []
     all_results: dict[str, list] = {}
@@ -220,7 +219,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
             if kind == "finetuned":
                 run_dir = Path(arm_cfg.run) if arm_cfg.run else _train_arm(cfg, arm_cfg, out, con)
                 ref = str(run_dir)
-                info = read_run_summary(run_dir)
+                info = read_summary(run_dir)
                 loss_curves[name] = info["loss_curve"]
                 s = info.get("summary") or {}
                 secs = s.get("seconds")
@@ -282,6 +281,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
             "stopped_rate": er.stopped_rate,
             "outputs_file": str((arm_dir / "outputs.jsonl").relative_to(out)),
         })
+        rep.update(arm_uncertainty(results, primary))  # per-example scores and 95% intervals
         rep["notes"].extend(notes)
         if kind == "api":
             usd, basis = api_cost_per_1k_usd(arm_cfg.model, arm_cfg.provider, er.mean_input_tokens,
@@ -304,12 +304,13 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
                                    if rep["cost_per_1k_queries_usd"] is not None else None)
         q = rep["quality"]
         con.print(f"  {primary} {q:.3f} · p50 {er.latency_p50_s:.2f} s · "
-                  f"{_money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
+                  f"{money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
         arm_reports.append(rep)
 
     speed_notes = load_warnings(arm_reports) + decode_parity(arm_reports)
     for note in speed_notes:
         con.print(f"[yellow]warning: {note}[/]")
+    size = eval_size_check(len(examples), cfg.quality_tolerance)
     rec = recommend(arm_reports, cfg.quality_tolerance, cfg.currency, cfg.min_quality, primary)
     shown = [m for m in ("checks", "checks_all", "rouge_l", "chrf", "exact_match", "judge")
              if any(m in a.get("metrics", {}) for a in arm_reports)]
@@ -328,6 +329,8 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         "hardware": cfg.hardware.model_dump(),
         "monthly_queries": cfg.monthly_queries,
         "quality_tolerance": cfg.quality_tolerance,
+        "eval_size": size,
+        "caveat": size["message"],
         "arms": arm_reports,
         "recommendation": rec,
         "samples": _samples(examples, all_results, cfg.sample_outputs),
@@ -390,12 +393,6 @@ def _samples(examples: list[EvalExample], results: dict[str, list], n: int) -> l
         out.append({"question": ex.question, "reference": ex.reference,
                     "outputs": {name: rs[i].output for name, rs in results.items() if i < len(rs)}})
     return out
-
-
-def _money(x: float | None, cur: str) -> str:
-    from tunewise.compare.report import _money as m
-
-    return m(x, cur)
 
 
 def _version() -> str:

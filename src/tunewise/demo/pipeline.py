@@ -115,7 +115,7 @@ def check_data(root: Path, model: str, sequence_len: int, console) -> None:
 
 def summary_markdown(results: list[DemoResult], total_seconds: float | None = None) -> str:
     """The demo's measured tables and recommendations as Markdown (what docs/compare.md quotes)."""
-    from tunewise.compare.report import _money
+    from tunewise.formatting import money
 
     lines: list[str] = []
     if total_seconds is not None:
@@ -125,9 +125,11 @@ def summary_markdown(results: list[DemoResult], total_seconds: float | None = No
         cur = rep["currency"]
         lines.append(f"### {r.title}\n")
         lines.append(f"{rep['n_examples']} held-out examples; quality = `{rep['primary_metric']}`; local arms priced at "
-                     f"{_money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}); "
+                     f"{money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}); "
                      f"scenario wall time {r.seconds / 60:.1f} min.\n")
-        lines.append(f"| arm | quality | p50 s | p95 s | tokens in / out | cost / 1k queries | "
+        if rep.get("caveat"):
+            lines.append(f"**Caveat.** {rep['caveat']}\n")
+        lines.append(f"| arm | quality [95% interval] | p50 s | p95 s | tokens in / out | cost / 1k queries | "
                      f"monthly ({rep['monthly_queries']:,} queries) | training |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for a in rep["arms"]:
@@ -135,11 +137,12 @@ def summary_markdown(results: list[DemoResult], total_seconds: float | None = No
                 lines.append(f"| {a['name']} | not measured: {a.get('skip_reason', '')} | | | | | | |")
                 continue
             tr = a.get("training") or {}
-            train = (f"{tr['seconds']:.0f} s, {_money(tr.get('cost'), cur)}" if tr.get("seconds") else "–")
-            q = "–" if a["quality"] is None else f"{a['quality']:.3f}"
+            train = (f"{tr['seconds']:.0f} s, {money(tr.get('cost'), cur)}" if tr.get("seconds") else "–")
+            iv = a.get("quality_interval")
+            q = "–" if a["quality"] is None else f"{a['quality']:.3f}" + (f" [{iv['low']:.2f}–{iv['high']:.2f}]" if iv else "")
             lines.append(f"| {a['name']} | {q} | {a['latency_p50_s']:.2f} | {a['latency_p95_s']:.2f} | "
                          f"{a['mean_input_tokens']:.0f} / {a['mean_output_tokens']:.0f} | "
-                         f"{_money(a.get('cost_per_1k_queries'), cur)} | {_money(a.get('monthly_cost'), cur)} | {train} |")
+                         f"{money(a.get('cost_per_1k_queries'), cur)} | {money(a.get('monthly_cost'), cur)} | {train} |")
         lines.append("")
         for st in rep["recommendation"]["statements"]:
             lines.append(f"> {st}")

@@ -34,6 +34,45 @@ KEEP_CHECKPOINTS = 2
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+SUMMARY = "summary.json"
+ADAPTER_DIR = "adapter"  # LoRA / QLoRA result
+MODEL_DIR = "model"  # full fine-tuning result
+
+
+def result_dir(run: Path) -> Path | None:
+    """Where a run's result lies: ``adapter/`` (LoRA, QLoRA) or ``model/`` (full fine-tuning), or
+    ``run`` itself when it is a bare PEFT adapter directory; ``None`` when there is none."""
+    run = Path(run)
+    if (run / MODEL_DIR / "config.json").is_file():
+        return run / MODEL_DIR
+    for cand in (run / ADAPTER_DIR, run):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    return None
+
+
+def is_finished(run: Path) -> bool:
+    """A training run that completed: it wrote its result (adapter or full model) and summary.json
+    (the last file `tunewise train` writes), whatever its method."""
+    run = Path(run)
+    return (run / SUMMARY).is_file() and result_dir(run) is not None
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    """What a run recorded: ``summary`` (summary.json, ``{}`` when absent or unreadable) and
+    ``loss_curve`` (step, loss, eval_loss rows of metrics.jsonl; a line cut by a kill is skipped)."""
+    run = Path(run)
+    out: dict[str, Any] = {"run_dir": str(run), "summary": {}}
+    try:
+        summary = json.loads((run / SUMMARY).read_text(encoding="utf-8"))
+        out["summary"] = summary if isinstance(summary, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        pass
+    out["loss_curve"] = [{k: r[k] for k in ("step", "loss", "eval_loss") if k in r} for r in read_metrics(run)
+                         if isinstance(r, dict) and "step" in r and ("loss" in r or "eval_loss" in r)]
+    return out
+
+
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool, protected: Iterable[Path] = ()) -> None:
     """Refuse to silently reuse a non-empty directory; ``overwrite`` empties it (never a data dir)."""
     if out.exists() and not out.is_dir():
