@@ -94,8 +94,13 @@ class ScriptedEngine:
             self.started += 1
         finished = False
         try:
+            said = " ".join(m["content"] for m in request.messages)
+            if "too long" in said:  # as an engine that checks the context itself (llama.cpp)
+                raise TunewiseError("the prompt does not fit the context", "shorten it")
             words = []
             for i in range(request.max_tokens):
+                if "crash" in said and i == 2:
+                    raise RuntimeError("the engine broke")
                 self.go.wait()
                 time.sleep(self.delay)
                 words.append(f"w{i}")
@@ -387,6 +392,28 @@ def test_disconnect_while_waiting_for_a_non_streamed_answer_frees_the_slot():
         assert eng.closed_early == 1
 
 
+def test_a_client_that_leaves_the_queue_never_takes_a_slot():
+    eng = ScriptedEngine()
+    eng.go.clear()
+    with serve(eng, limits=Limits(max_tokens_limit=64, queue_size=2)) as srv:
+        holder = threading.Thread(target=lambda: client(srv).chat.completions.create(
+            model="tiny", messages=HI, max_tokens=1))
+        holder.start()
+        wait_for(lambda: eng.started == 1)
+        for stream in (False, True):
+            conn = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(
+                {"model": "tiny", "messages": HI, "max_tokens": 1, "stream": stream}),
+                headers={"Content-Type": "application/json"})
+            wait_for(lambda: metric(srv, "tunewise_requests_waiting") == 1)
+            conn.close()
+            wait_for(lambda: metric(srv, "tunewise_requests_waiting") == 0)
+        eng.go.set()
+        holder.join(30)
+        wait_for(lambda: metric(srv, "tunewise_requests_running") == 0)
+        assert eng.started == 1  # only the holder ever reached the engine
+
+
 def test_health_is_503_loading_until_the_engine_is_loaded():
     may_load = threading.Event()
 
@@ -437,6 +464,25 @@ def test_metrics_count_requests_tokens_and_latency():
         assert 'tunewise_request_duration_seconds_bucket{le="+Inf"} 4' in text
         assert metric(srv, "tunewise_time_to_first_token_seconds_count") == 4
         assert metric(srv, "tunewise_slots") == 1 and metric(srv, "tunewise_requests_running") == 0
+
+
+def test_engine_errors_are_http_errors_before_the_first_token_and_events_after():
+    with serve(ScriptedEngine()) as srv:
+        c = client(srv)
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError, match="does not fit the context"):
+                c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "too long"}],
+                                          max_tokens=3, stream=stream)
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "crash"}], max_tokens=5)
+        assert e.value.code == "engine_error" and "broke" not in e.value.message  # no internals leak
+        got = []
+        with pytest.raises(openai.APIError, match="RuntimeError"):
+            for ch in c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "crash"}],
+                                                max_tokens=5, stream=True):
+                got.append(ch.choices[0].delta.content)
+        assert got[:3] == ["", "w0 ", "w1 "]
+        assert metric(srv, "tunewise_requests_running") == 0
 
 
 def test_max_tokens_defaults_to_what_the_context_has_room_for():

@@ -63,12 +63,15 @@ def serve_cmd(
     """
     from tunewise.errors import TunewiseError
     from tunewise.infer import ENGINES, open_engine
+    from tunewise.models import embedded_name, resolve_model
     from tunewise.serve import Limits, bind, check_bind, create_app, make_server, resolve_api_key
 
     if engine not in ENGINES:
         raise TunewiseError(f"unknown engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
     key = resolve_api_key(api_key)
     check_bind(host, key)
+    if embedded_name(model) is None and not Path(model).expanduser().exists():
+        resolve_model(model)  # a missing path or unknown name: its error now, before listening
     limits = Limits(max_body_bytes=max_body_kib * 1024, max_tokens_limit=max_tokens_limit, queue_size=queue)
     served = name or default_model_name(model)
     sock = bind(host, port)

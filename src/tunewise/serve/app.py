@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable
 
+from jinja2 import TemplateError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
@@ -334,6 +335,12 @@ class ServeState:
         return self.engine
 
 
+async def _disconnected(request: HttpRequest) -> None:
+    """Returns when the client has gone (call once the body is read: the next message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -430,19 +437,46 @@ def create_app(engine: Engine | Callable[[], Engine], model_name: str, *, limits
             call = parse_chat(await read_body(request, state.limits.max_body_bytes), state.model_name, state.limits)
             try:
                 n_prompt = await asyncio.to_thread(prompt_tokens, eng, call.request.messages)
-            except Exception as e:  # the chat template refused these messages (e.g. roles out of order)
+            except (TemplateError, ValueError) as e:  # the template refused them (e.g. roles out of order)
                 raise _bad(f"The model's chat template cannot render these messages: {e}", "messages") from None
             req = fit_to_context(call, n_prompt, context_length(eng))
-            await state.gate.acquire()
+            if not await _slot_unless_gone(request):
+                return PlainTextResponse("", status_code=499)  # the client left while queued
         except ApiError as e:
             return error_response(e)
         run = EngineRun(eng, req, state.gate.release)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if call.stream:
-            return _SlotStreamingResponse(_stream_body(run, rid, created, call.include_usage), run,
+            # wait for the first piece so that an error before it (a prompt the engine refuses)
+            # is still an HTTP error, not an event in a 200 stream
+            pieces = run.items()
+            try:
+                first = await anext(pieces)
+            except StopAsyncIteration:
+                first = None
+            except Exception as e:
+                return error_response(_engine_failure(e))
+            return _SlotStreamingResponse(_stream_body(run, first, pieces, rid, created, call.include_usage), run,
                                           media_type="text/event-stream",
                                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _complete(request, run, rid, created)
+
+    async def _slot_unless_gone(request: HttpRequest) -> bool:
+        """Wait for a slot (QueueFull when none comes); False when the client left meanwhile."""
+        take, watch = asyncio.create_task(state.gate.acquire()), asyncio.create_task(_disconnected(request))
+        await asyncio.wait({take, watch}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        if not take.done():
+            take.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await take
+        if take.cancelled():
+            return False
+        take.result()  # raises QueueFull
+        if watch.done() and not watch.cancelled():  # got the slot, but nobody is waiting for it
+            state.gate.release()
+            return False
+        return True
 
     async def _complete(request: HttpRequest, run: EngineRun, rid: str, created: int):
         async def collect() -> Completion:
@@ -454,11 +488,7 @@ def create_app(engine: Engine | Callable[[], Engine], model_name: str, *, limits
                 raise RuntimeError("the engine's stream ended without a Completion")
             return done
 
-        async def disconnected() -> None:  # the body is read: the next message is the disconnect
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        work, watch = asyncio.create_task(collect()), asyncio.create_task(disconnected())
+        work, watch = asyncio.create_task(collect()), asyncio.create_task(_disconnected(request))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -484,7 +514,8 @@ def create_app(engine: Engine | Callable[[], Engine], model_name: str, *, limits
         state.metrics.count_completion(c.input_tokens, c.output_tokens, time.perf_counter() - run.started,
                                        run.first_piece_s)
 
-    async def _stream_body(run: EngineRun, rid: str, created: int, include_usage: bool):
+    async def _stream_body(run: EngineRun, first, pieces: AsyncIterator, rid: str, created: int,
+                           include_usage: bool):
         def chunk(delta: dict, finish: str | None = None) -> bytes:
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -492,9 +523,15 @@ def create_app(engine: Engine | Callable[[], Engine], model_name: str, *, limits
                 obj["usage"] = None
             return _sse(obj)
 
+        async def everything():
+            if first is not None:
+                yield first
+            async for item in pieces:
+                yield item
+
         yield chunk({"role": "assistant", "content": ""})
         try:
-            async for item in run.items():
+            async for item in everything():
                 if isinstance(item, Completion):
                     _record(run, item)
                     yield chunk({}, item.finish_reason)
