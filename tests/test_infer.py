@@ -261,3 +261,50 @@ def test_physical_cores_counts_hyperthreads_once(tmp_path):
     shared.write_text("\n".join(block.format(p=p, c=0) for p in cpus[:2]))
     separate.write_text("\n".join(block.format(p=p, c=i) for i, p in enumerate(cpus[:2])))
     assert physical_cores(str(shared)) == 1 and physical_cores(str(separate)) == 2
+
+
+def test_llamacpp_runs_a_lora_run_merged_as_the_reference_answers(talky_model_dir, tmp_path, tunewise_home):
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    # an adapter that changes the answers (random B, not peft's zero init)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(talky_model_dir)),
+                                LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run / "adapter")
+    (run / "adapter" / "tunewise_base.json").write_text(json.dumps({"base_model": str(talky_model_dir)}))
+    reqs = questions(4)
+    ref = HFEngine(str(run), precision="fp32")  # adapter unmerged
+    want = [c.text for c in ref.generate(reqs)]
+    base = [c.text for c in HFEngine(str(talky_model_dir), precision="fp32").generate(reqs)]
+    assert want != base
+    eng = LlamaCppEngine(str(run), precision="f32", n_parallel=2, ctx_per_request=128)
+    try:
+        assert [c.text for c in eng.generate(reqs)] == want
+        cached = sorted(p.name for p in (tunewise_home / "gguf").iterdir() if p.suffix == ".gguf")
+        assert len(cached) == 1 and cached[0].startswith("run-") and cached[0].endswith("-f32.gguf")
+        assert not list((tunewise_home / "gguf").glob(".merge-*"))  # the merged scratch copy is gone
+    finally:
+        eng.close()
+
+
+@pytest.mark.e2e
+def test_embedded_model_llamacpp_f16_passes_parity(embedded_model):
+    from tunewise.infer.llamacpp import LlamaCppEngine
+    from tunewise.infer.parity import check_parity
+
+    prompts = ["What is the capital of France?", "Name three primary colours.", "What is 12 times 7?",
+               "Write a haiku about the sea."]
+    reqs = [Request([{"role": "user", "content": p}], max_tokens=32) for p in prompts]
+    fast = LlamaCppEngine(embedded_model, n_parallel=4, ctx_per_request=512)
+    try:
+        assert fast.precision == "f16"
+        report = check_parity(HFEngine(embedded_model, precision="fp32"), fast, reqs)
+        assert report.passed, report.summary()
+    finally:
+        fast.close()

@@ -42,8 +42,8 @@ def open_engine(ref: str, engine: str = "auto", precision: str = "auto", n_paral
 
     ``engine``: "auto" (llama.cpp when ``xllamacpp`` is installed, else hf), "hf" or "llama.cpp".
     ``precision``: for hf "auto"/"fp32"/"bf16"/"fp16"; for llama.cpp the GGUF type an HF model is
-    converted to ("auto" = q8_0; or f32/f16/bf16/q8_0), ignored for a ``.gguf`` file, which runs as
-    it is. ``n_parallel``: llama.cpp's concurrent slots. Other keyword arguments go to the engine.
+    converted to ("auto" = f16; or f32/bf16/q8_0); a ``.gguf`` file runs as it is ("auto" or its
+    own type). ``n_parallel``: llama.cpp's concurrent slots. Other keyword arguments go to the engine.
     """
     if engine not in ENGINES:
         raise TunewiseError(f"unknown engine {engine!r}", f"use one of: {', '.join(ENGINES)}")

@@ -30,15 +30,19 @@ class Tolerance:
     min_prefix: float  # mean common-prefix share
 
 
-#: Per precision of the fast engine. Same-precision engines (fp32 vs f32) should agree almost
-#: everywhere; f16/bf16 round the weights; q8_0 quantizes them.
+#: Per precision of the fast engine, measured on SmolLM2-135M-Instruct (HF fp32 reference, 8 short
+#: prompts, 48 new tokens; docs/infer.md): llama.cpp f16 gave 100 % identical answers, q8_0 25 %
+#: identical with a 41 % mean common prefix (its answers are fluent but part ways early: small
+#: models are sensitive to 8-bit rounding). f32/f16 must agree almost everywhere; q8_0 only has to
+#: start alike, which still fails a wrong template, tokenizer or model (~0 % identical). bf16 is not
+#: measured yet and gets the f16 rule loosened a step.
 TOLERANCES: dict[str, Tolerance] = {
     "f32": Tolerance(0.85, 0.95),
     "fp32": Tolerance(0.85, 0.95),
-    "f16": Tolerance(0.6, 0.8),
-    "fp16": Tolerance(0.6, 0.8),
+    "f16": Tolerance(0.75, 0.9),
+    "fp16": Tolerance(0.75, 0.9),
     "bf16": Tolerance(0.5, 0.75),
-    "q8_0": Tolerance(0.5, 0.75),
+    "q8_0": Tolerance(0.125, 0.3),
 }
 #: For any other precision (e.g. 4-bit GGUFs): only that answers mostly start alike.
 LOOSE = Tolerance(0.0, 0.5)
