@@ -433,3 +433,34 @@ def test_kill_9_then_rerun_gives_the_same_file_without_repeated_calls(teacher, t
     assert len(teacher.calls) == unique_requests
     repeated = {k: n for k, n in teacher.calls.items() if n > 1}
     assert sum(n - 1 for n in repeated.values()) <= 1  # at most the request in flight at the kill
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.e2e
+def test_synth_through_tunewise_serve_on_the_embedded_model(embedded_model, tmp_path, minilm):
+    """The real path: `tunewise serve` on SmolLM2-135M as the teacher. A 135M model writes weak pairs;
+    the run must still finish and the funnel must account for every candidate with a reason."""
+    from tunewise.infer import open_engine
+    from tunewise.serve import Limits, ServerThread, create_app
+
+    docs = make_docs(tmp_path, ["good.md", "think.md", "reask.md"])
+    out = tmp_path / "pairs.jsonl"
+    engine = open_engine(embedded_model, engine="hf", precision="fp32")
+    try:
+        with ServerThread(create_app(engine, "smollm2-135m", limits=Limits(max_tokens_limit=256))) as srv:
+            o = SynthOptions(docs_dir=docs, out=out, endpoint=srv.url + "/v1", model="smollm2-135m", per_chunk=2,
+                             concurrency=2, index_dir=tmp_path / "index", progress=False, embedder=minilm,
+                             question_max_tokens=160, answer_max_tokens=160)
+            res = synthesize(o)
+    finally:
+        engine.close()
+    f = json.loads((tmp_path / "pairs.funnel.json").read_text())
+    print(json.dumps({"stages": f["stages"], "kept": f["kept"], "coverage": f["coverage"], "calls": f["calls"]}, indent=1))
+    assert res.complete and f["candidates"] == 3 * 2 and f["calls"]["failed"] == 0
+    dropped = sum(s["dropped"] for s in f["stages"])
+    assert dropped + f["kept"] == f["candidates"]
+    rejected = [json.loads(line) for line in (tmp_path / "pairs.rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == dropped and all(r["reason"] and r["detail"] for r in rejected)
+    assert len(out.read_text().splitlines()) == f["kept"]
