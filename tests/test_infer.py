@@ -176,7 +176,7 @@ def test_llamacpp_converts_an_hf_dir_once_into_the_cache(talky_model_dir, tunewi
     path, kind = gguf_for(str(talky_model_dir), "f16")
     assert kind == "f16" and path.parent == tunewise_home / "gguf" and path.is_file()
     mtime = path.stat().st_mtime_ns
-    assert gguf_for(str(talky_model_dir), "f16") == (path, "f16") and path.stat().st_mtime_ns == mtime
+    assert gguf_for(str(talky_model_dir), "fp16") == (path, "f16") and path.stat().st_mtime_ns == mtime
     with pytest.raises(TunewiseError):
         gguf_for(str(talky_model_dir), "q4_k_m")
 

@@ -123,7 +123,7 @@ def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
     from tunewise.export.gguf import convert
     from tunewise.models import resolve_model
 
-    precision = precision.lower()
+    precision = {"fp32": "f32", "fp16": "f16"}.get(precision.lower(), precision.lower())  # HF's names
     path = Path(str(ref)).expanduser()
     # a .gguf file, or a directory holding one and no HF model, adapter or run (as resolve_model reads it)
     plain_dir = path.is_dir() and not any((path / f).is_file() for f in (
