@@ -153,3 +153,18 @@ def test_show_cli(shared_data, smol_tokenizer_dir, capsys):
     main(["data", "show", str(shared_data / "glaive_toolcall_en_demo.json"), "--model", str(smol_tokenizer_dir), "-n", "2"])
     out = capsys.readouterr().out
     assert "glaive_toolcall_en_demo.json: row 1 (line 2)" in out and "<|im_end|>" in out and "trained" in out
+
+
+def test_a_small_eval_set_is_the_first_warning(tmp_path, smol_tokenizer, capsys):
+    rows = [{"instruction": f"Question {i}", "output": f"Answer {i}."} for i in range(12)]
+    train = _write(tmp_path / "train.jsonl", rows[:8])
+    ev = _write(tmp_path / "eval.jsonl", rows[8:])
+    report = check_dataset(train, tokenizer=smol_tokenizer, eval_path=ev, tolerance=0.05)
+    assert report.eval_examples == 4 and report.eval_size["min_examples"] == 246 and report.eval_size["small"]
+    first = report.issues[0]
+    assert (first.level, first.code, first.source) == ("warning", "small_eval", "eval.jsonl")
+    assert first.message.startswith("Small eval set: 4 held-out examples") and report.ok
+    assert check_dataset(train, tokenizer=smol_tokenizer).eval_size is None  # no --eval, no verdict on it
+    main(["data", "check", str(train), "--eval", str(ev), "--tolerance", "0.05"])  # exits 0: warnings only
+    out = capsys.readouterr().out
+    assert out.lstrip().startswith("Caveat: Small eval set: 4 held-out examples")

@@ -58,7 +58,10 @@ def check_cmd(
     model: str = typer.Option("smollm2-135m", "--model", help=_MODEL_HELP),
     sequence_len: int = typer.Option(2048, "--sequence-len", min=1, help="Training sequence length in tokens."),
     target: str = typer.Option("local", "--target", help="local, or openai for OpenAI's fine-tuning checks and cost."),
-    eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval file: warn about examples also in training."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval file: warn about examples also in training, "
+                                             "and when it is too small to measure differences of --tolerance."),
+    tolerance: float = typer.Option(0.02, "--tolerance", min=0.001, max=1.0,
+                                    help="With --eval: smallest quality difference that matters (compare's quality_tolerance)."),
     train_on: str = typer.Option("assistant", "--train-on", help="assistant, last_assistant or all."),
     format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
     mapping: Optional[list[str]] = typer.Option(None, "--map", help=_MAP_HELP),
@@ -89,7 +92,7 @@ def check_cmd(
         report = check_dataset(file, model=model, tokenizer=tok, sequence_len=sequence_len, train_on=train_on,
                                goal=goal, target=target, eval_path=eval_file, format=format,
                                mapping=parse_mapping(mapping), chat_template=_template_arg(chat_template),
-                               price_per_mtok=price_per_mtok, progress=on_progress)
+                               price_per_mtok=price_per_mtok, progress=on_progress, tolerance=tolerance)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -100,6 +103,8 @@ def check_cmd(
 
 def print_report(report, show: int = 10) -> None:
     s = report.stats
+    if report.eval_size and report.eval_size["small"]:  # the caveat leads
+        console.print(f"[bold yellow]Caveat:[/] {report.eval_size['message']}", highlight=False, soft_wrap=True)
     console.print(f"[bold]{report.file}[/] · format [cyan]{report.format or '?'}[/] · {report.rows:,} row{'s' if report.rows != 1 else ''}, "
                   f"{report.examples:,} usable · tokens by [cyan]{report.model}[/] · sequence_len {report.sequence_len}",
                   highlight=False, soft_wrap=True)

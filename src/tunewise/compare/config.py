@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
+from tunewise.compare.stats import DEFAULT_TOLERANCE
 from tunewise.config import RunConfig, Strict
 from tunewise.evaluate import JudgeConfig, MetricName, TaskChecks
 
@@ -111,7 +112,9 @@ class CompareConfig(Strict):
     currency: Literal["INR", "USD"] = Field("INR", description="Currency of hardware.price_per_hour and the report.")
     usd_rate: float | None = Field(None, gt=0, description="Units of `currency` per USD (default: the shipped fx table).")
     monthly_queries: int = Field(100_000, ge=0, description="Queries per month, for the monthly cost.")
-    quality_tolerance: float = Field(0.02, ge=0, le=1, description="Arms this close to the best quality count as tied.")
+    quality_tolerance: float = Field(DEFAULT_TOLERANCE, ge=0, le=1, description=(
+        "Smallest quality difference that counts: one arm beat another only when the 95% paired interval of "
+        "their difference excludes 0 and the difference is larger than this."))
     min_quality: float | None = Field(None, ge=0, le=1, description="Below this quality no arm is fit for use.")
     sample_outputs: int = Field(6, ge=0, le=100, description="Examples shown side by side in the report.")
     output_dir: str = Field("reports/compare", description="Where report.json, report.html and outputs go.")

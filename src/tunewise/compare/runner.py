@@ -302,15 +302,16 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         rep["monthly_cost"] = c1k * cfg.monthly_queries / 1000.0 if c1k is not None else None
         rep["monthly_cost_usd"] = (rep["cost_per_1k_queries_usd"] * cfg.monthly_queries / 1000.0
                                    if rep["cost_per_1k_queries_usd"] is not None else None)
-        q = rep["quality"]
-        con.print(f"  {primary} {q:.3f} · p50 {er.latency_p50_s:.2f} s · "
+        q, iv = rep["quality"], rep["quality_interval"]
+        ci = f" [95% {iv['low']:.2f}–{iv['high']:.2f}]" if iv else ""
+        con.print(f"  {primary} {q:.3f}{ci} · p50 {er.latency_p50_s:.2f} s · "
                   f"{money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
         arm_reports.append(rep)
 
     speed_notes = load_warnings(arm_reports) + decode_parity(arm_reports)
     for note in speed_notes:
         con.print(f"[yellow]warning: {note}[/]")
-    size = eval_size_check(len(examples), cfg.quality_tolerance)
+    size = eval_size_check(len(examples), cfg.quality_tolerance)  # the caveat report.json/html lead with
     rec = recommend(arm_reports, cfg.quality_tolerance, cfg.currency, cfg.min_quality, primary)
     shown = [m for m in ("checks", "checks_all", "rouge_l", "chrf", "exact_match", "judge")
              if any(m in a.get("metrics", {}) for a in arm_reports)]

@@ -44,6 +44,7 @@ DRAWS = 20_000  # random sign patterns beyond it
 SEED = 0
 MIN_NONZERO = 6  # the two-sided exact sign-flip test cannot reach p < 0.05 with fewer (2/2^5 = 0.0625)
 TYPICAL_PASS_RATE = 0.8
+DEFAULT_TOLERANCE = 0.02  # compare's quality_tolerance unless the config sets one
 EPS = 1e-12
 
 

@@ -131,6 +131,8 @@ class CheckReport:
     goal_assessment: dict[str, Any] | None = None
     openai: dict[str, Any] | None = None
     eval_file: str | None = None
+    eval_examples: int | None = None  # usable eval examples (with --eval)
+    eval_size: dict[str, Any] | None = None  # is the eval set large enough? (tunewise.compare.stats.eval_size_check)
     seconds: float = 0.0
 
     @property
@@ -430,8 +432,12 @@ def check_dataset(
     near_duplicate_threshold: float = 0.8,
     batch_size: int = 1024,
     progress: Callable[[float, int], None] | None = None,
+    tolerance: float | None = None,
 ) -> CheckReport:
-    """Check one dataset file; see the module doc. ``progress(fraction_read, rows)`` is called per batch."""
+    """Check one dataset file; see the module doc. ``progress(fraction_read, rows)`` is called per batch.
+
+    With ``eval_path``, an eval set too small to measure differences of ``tolerance`` (default:
+    compare's quality_tolerance) gets the ``small_eval`` warning, listed first."""
     t0 = time.perf_counter()
     if goal is not None and goal not in GOALS:
         raise TunewiseError(f"unknown goal {goal!r}", f"use one of {', '.join(GOALS)}")
@@ -481,6 +487,8 @@ def check_dataset(
         report.add("error", "empty", f"{path.name}:1", "the file holds no examples")
     _duplicates(report, checker)
     _statistics(report, checker)
+    if eval_path:
+        _eval_size(report, checker, Path(eval_path), tolerance)
     if goal:
         report.goal_assessment = assess_size(report.examples, goal)
     if target == "openai":
@@ -519,6 +527,15 @@ def _duplicates(report: CheckReport, checker: _Checker) -> None:
                 report.add("warning", "eval_overlap", src[i], f"eval example also in training data ({src[train[0]]})", order[i])
     report.stats["duplicates"] = {"exact": n_exact, "near": n_near,
                                   "eval_overlap": report.issue_counts.get("warning:eval_overlap", 0)}
+
+
+def _eval_size(report: CheckReport, checker: _Checker, eval_path: Path, tolerance: float | None) -> None:
+    from tunewise.compare.stats import DEFAULT_TOLERANCE, eval_size_check
+
+    report.eval_examples = int(sum(checker.is_eval))
+    report.eval_size = eval_size_check(report.eval_examples, DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    if report.eval_size["small"]:
+        report.add("warning", "small_eval", eval_path.name, report.eval_size["message"], order=-1)
 
 
 def _statistics(report: CheckReport, checker: _Checker) -> None:
