@@ -104,7 +104,8 @@ def print_compare_summary(report: dict, html_path: Path) -> None:
         q = "–" if a["quality"] is None else f"{a['quality']:.3f}" + (f" [{iv['low']:.2f}–{iv['high']:.2f}]" if iv else "")
         c = (rec.get("comparisons") or {}).get(a["name"]) or {}
         vs = ("recommended" if a["name"] == pick else
-              f"{c['diff']:+.3f} [{c['low']:+.2f}, {c['high']:+.2f}] {c['status']}" if "diff" in c else "–")
+              f"{c['diff']:+.3f} [{c['low']:+.2f}, {c['high']:+.2f}] "
+              f"{'tie' if c['status'] == 'indistinguishable' else c['status']}" if "diff" in c else "–")
         t.add_row(a["name"], q, vs, f"{a['latency_p50_s']:.2f}", f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
                   money(a.get("cost_per_1k_queries"), cur), money(a.get("monthly_cost"), cur), style=style)
     console.print(t)
