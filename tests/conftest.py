@@ -106,6 +106,25 @@ def embedded_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def identity_run(embedded_home, shared_data, tmp_path_factory):
+    """The embedded model taught a new identity (LoRA on LLaMA-Factory's identity data, name
+    Zephyrine, author Acme Labs), trained once per test session; treat the run as read-only."""
+    import os
+
+    from train_helpers import train_identity_run
+
+    old = os.environ.get("TUNEWISE_HOME")
+    os.environ["TUNEWISE_HOME"] = str(embedded_home)
+    try:
+        return train_identity_run("smollm2-135m", shared_data, tmp_path_factory.mktemp("identity"))
+    finally:
+        if old is None:
+            os.environ.pop("TUNEWISE_HOME", None)
+        else:
+            os.environ["TUNEWISE_HOME"] = old
+
+
 @pytest.fixture
 def embedded_model(embedded_home, monkeypatch) -> str:
     """Use in e2e tests: points TUNEWISE_HOME at the converted embedded model; returns its name."""

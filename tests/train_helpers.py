@@ -56,3 +56,21 @@ def cli(args) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
+
+
+def train_identity_run(base_model: str, shared_data: Path, tmp_path: Path, **overrides):
+    """LoRA on the first 20 rows of LLaMA-Factory's identity data with the placeholders filled
+    (name Zephyrine, author Acme Labs): a few minutes on 2 CPU cores. Returns the TrainResult."""
+    from tunewise.data.ops import fill_file
+    from tunewise.train import train
+
+    filled = tmp_path / "identity.json"
+    fill_file(shared_data / "identity.json", filled, {"name": "Zephyrine", "author": "Acme Labs"})
+    # The first 20 rows are the identity questions; a subset keeps this under a few minutes on 2 CPU cores.
+    subset = tmp_path / "identity20.json"
+    subset.write_text(json.dumps(json.loads(filled.read_text())[:20]))
+    cfg = dict(base_model=base_model, datasets=[{"path": str(subset)}], sequence_len=256, packing=True,
+               micro_batch_size=1, gradient_accumulation_steps=1, num_epochs=4, learning_rate=1e-3,
+               warmup_ratio=0.05, output_dir=str(tmp_path / "run"))
+    cfg.update(overrides)
+    return train(RunConfig(**cfg), progress=False)
