@@ -30,11 +30,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/tunewise demo
 
-# Headless Chromium for the report's browser test (root + apt only; the test skips without it).
+# Headless Chromium + ChromeDriver for the browser tests (report page, review page); root + apt
+# only; the tests skip without them.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 			|| echo "could not install chromium: the browser test will be skipped"; \
 		else echo "chromium not installed: the browser test will be skipped"; fi; }
 
