@@ -250,6 +250,43 @@ def test_over_long_prompt_is_400_context_length_exceeded(hf_server):
         client(hf_server).chat.completions.create(model="tiny", messages=fits, max_tokens=64)
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, smol_tokenizer_dir):
+    """The tiny random Llama as an f32 GGUF, for the llama.cpp engine."""
+    pytest.importorskip("xllamacpp")
+    from conftest import build_tiny_model
+
+    from tunewise.export.gguf import convert
+
+    d = tmp_path_factory.mktemp("serve-gguf")
+    return convert(build_tiny_model(d / "hf", smol_tokenizer_dir, tie=False), d / "tiny-f32.gguf", "f32")
+
+
+def test_llamacpp_over_long_prompt_is_400_context_length_exceeded(tiny_gguf):
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    eng = LlamaCppEngine(str(tiny_gguf), n_parallel=2, ctx_per_request=512)
+    assert eng.n_ctx == 512  # per request: the KV cache holds n_parallel of them
+    with serve(eng, limits=Limits(max_tokens_limit=64)) as srv:
+        short = [{"role": "user", "content": "word " * 20}]
+        r = client(srv).chat.completions.create(model="tiny", messages=short, max_tokens=3, temperature=0)
+        assert r.usage.prompt_tokens == eng.count_tokens(short) and r.usage.completion_tokens == 3
+        n_short = r.usage.prompt_tokens
+        with pytest.raises(openai.BadRequestError) as e:
+            client(srv).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 600}],
+                                                max_tokens=4)
+        assert e.value.status_code == 400 and e.value.code == "context_length_exceeded"
+        assert "holds 512 tokens" in e.value.message
+        # fits, but leaves 10 tokens where max_tokens asks for 11: refused before reaching llama.cpp
+        fits = [{"role": "user", "content": "word " * (20 + 512 - 10 - n_short)}]
+        assert eng.count_tokens(fits) == 502
+        with pytest.raises(openai.BadRequestError, match="max_tokens asks for 11"):
+            client(srv).chat.completions.create(model="tiny", messages=fits, max_tokens=11)
+        # without max_tokens the answer gets the room that is left
+        r = client(srv).chat.completions.create(model="tiny", messages=fits, temperature=0)
+        assert r.usage.prompt_tokens == 502 and r.usage.completion_tokens <= 10
+
+
 def test_malformed_requests_get_openai_shaped_4xx(hf_server):
     c = client(hf_server)
     cases = [

@@ -195,7 +195,8 @@ class LlamaCppEngine:
         p.model.path = str(self.gguf)
         p.verbosity = 0  # errors only: llama.cpp logs every request at the default level
         p.n_parallel = n_parallel
-        p.n_ctx = ctx_per_request  # per slot: the server sizes the KV cache as n_parallel × n_ctx
+        # llama.cpp's n_ctx is the whole KV cache, split evenly between the slots (and rounded up)
+        p.n_ctx = ctx_per_request * n_parallel
         p.cpuparams.n_threads = self.threads
         p.cpuparams_batch.n_threads = self.threads
         p.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
@@ -206,6 +207,8 @@ class LlamaCppEngine:
             raise TunewiseError(f"llama.cpp cannot load {self.gguf}: {e}",
                                 "check the file is a complete GGUF of an architecture llama.cpp supports") from None
         self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llama.cpp")
+        #: the longest prompt + answer one request may have, as the server sized its slots
+        self.n_ctx = int(self._http("/props")["default_generation_settings"]["n_ctx"])
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -313,6 +316,30 @@ class LlamaCppEngine:
             cancel.set()
         thread.join()
         yield self._completion("".join(text), reason, usage, timings, time.perf_counter() - start, ttft)
+
+    def _http(self, path: str, body: dict | None = None) -> dict:
+        """One call to the embedded server's own HTTP API (loopback, for what the Python binding
+        does not expose: its slots' context and the tokenizer)."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self._server.listening_address + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """The prompt's length in tokens as a request with ``messages`` will have it: rendered with
+        the GGUF's chat template and tokenized by llama.cpp (no generation; milliseconds)."""
+        import urllib.error
+
+        try:
+            prompt = self._http("/apply-template", {"messages": messages})["prompt"]
+            tokens = self._http("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
+        except urllib.error.HTTPError as e:  # the template refused the messages
+            detail = json.loads(e.read() or b"{}").get("error", {}).get("message", str(e))
+            raise ValueError(f"llama.cpp cannot render these messages: {detail}") from None
+        return len(tokens["tokens"])
 
     def render(self, messages: list[dict]) -> str:
         """The prompt text llama.cpp builds from ``messages`` with the GGUF's chat template."""
