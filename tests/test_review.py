@@ -82,6 +82,47 @@ def test_ids_are_content_hashes_not_positions(tmp_path):
     assert example_id({"x": 1, "y": 2}) == example_id({"y": 2, "x": 1}) != example_id({"x": 1, "y": 3})
 
 
+def test_ids_are_the_rows_own_id_else_a_hash_of_the_messages_only(tmp_path):
+    with_own = write_rows(tmp_path / "own.jsonl", [SYNTH_ROW, {**chat("q", "a"), "id": 7}, {**chat("q2", "a2"), "id": "7-2"},
+                                                   {**chat("q3", "a3"), "id": 7}])
+    assert [e.id for e in load_examples(with_own).examples] == ["syn-0d1e2f3a4b5c6d7e", "7", "7-2", "7-3"]
+    plain = write_rows(tmp_path / "plain.jsonl", [chat("q", "a"), {**chat("q", "a"), "score": 0.3, "provenance": {"x": 1}},
+                                                  chat("q", "a!")])
+    a, b, c = (e.id for e in load_examples(plain).examples)
+    assert b == a + "-2" and c != a  # other keys do not make another example; a changed answer does
+    assert load_examples(plain).examples[1].duplicate_of == a
+
+
+def test_decisions_survive_a_synth_rerun_that_changes_provenance(tmp_path):
+    p = write_rows(tmp_path / "pairs.jsonl", CHAT_ROWS)
+    s = ReviewSession(p)
+    ids = [e.id for e in s.dataset.examples]
+    s.decide(ids[0], "accept")
+    s.decide(ids[1], "reject")
+    s.decide(ids[2], "edit", [{"role": "user", "content": "Translate to French\nGood morning"},
+                              {"role": "assistant", "content": "Bonjour !"}])
+    s.decide(ids[3], "accept")
+    before = tmp_path / "before.jsonl"
+    export_reviewed(s, before, "openai")
+    # a rerun: the synth row's checks moved (rank, scores, request keys), other rows gained provenance
+    # and scores, and the order changed; only row 5's answer is new
+    rows = json.loads(json.dumps(CHAT_ROWS))
+    rows[0]["provenance"].update(retrieval_rank=3, request_keys={"answer": "k2"}, judge={"verdict": "pass", "reason": "ok"})
+    rows[0]["provenance"]["grounding"][0]["embedding"] = 0.801
+    rows[1]["provenance"] = {"document": "returns.md", "chunk_id": "returns.md#0", "chunk_text": "The customer pays it."}
+    rows[2]["score"] = 0.9
+    rows[4]["messages"][1]["content"] = "Blue or red."
+    write_rows(p, [rows[3], rows[2], rows[0], rows[1], rows[5], rows[4]])
+    s2 = ReviewSession(p)
+    assert sorted(e.id for e in s2.dataset.examples) == sorted(ids[:4] + [ids[5], s2.dataset.examples[5].id])
+    assert s2.dataset.examples[5].id != ids[4]
+    assert {i: s2.decisions[i]["decision"] for i in ids[:4]} == {ids[0]: "accept", ids[1]: "reject", ids[2]: "edit", ids[3]: "accept"}
+    assert s2.stale == [] and s2.counts()["decided"] == 4
+    after = tmp_path / "after.jsonl"
+    export_reviewed(s2, after, "openai")
+    assert sorted(map(json.dumps, read_jsonl(after))) == sorted(map(json.dumps, read_jsonl(before)))
+
+
 def test_identical_rows_get_numbered_ids(tmp_path):
     ds = load_examples(write_rows(tmp_path / "d.jsonl", [ROWS[1], ROWS[2], ROWS[1], ROWS[1]]))
     ids = [e.id for e in ds.examples]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class FakeTeacher:
         self.calls: dict[str, int] = {}
         self.auth: list[str] = []
         self.rate_limited_once: set[str] = set()
+        self.judged: list[str] = []  # the judge prompts received
         self.block_at: int | None = None
         self.blocked = threading.Event()
         self.release = threading.Event()
@@ -73,20 +75,26 @@ class FakeTeacher:
         chunk = user.split("<<<\n", 1)[1].split("\n>>>", 1)[0]
         sents = _sentences(chunk)
         reask = len(msgs) > 2
-        if "Write " in user and ("questions" in user.split(">>>")[-1] and '"questions"' in user or '"instructions"' in user):
+        tail = user.split(">>>")[-1]
+        if '"verdict"' in tail:
+            return 200, {}, self.verdict(source, user, reask)
+        if '"questions"' in tail or '"instructions"' in tail:
             n = int(re.search(r"Write (\d+) different", user).group(1))
-            qs = [f"What does the policy say: {s.rstrip('.')}?" for s in sents][:n]
+            if '"instructions"' in tail:  # the other order, so an instruction and a question differ
+                qs = [f"Explain the rule that {s[0].lower()}{s[1:].rstrip('.')}" for s in reversed(sents)][:n]
+            else:
+                qs = [f"What does the policy say: {s.rstrip('.')}?" for s in sents][:n]
             if source == "malformed.md":
                 return 200, {}, '{"questions": ["What time is breakfast?", '  # cut off: malformed JSON
             if source == "reask.md" and not reask:
                 return 200, {}, "Sure! Here are questions: What memory? What repairs?"
             if source == "duplicate.md":
                 qs = [qs[0], qs[0].upper(), qs[0].replace("What does", "What do")][:n]
-            text = json.dumps({"questions": qs})
+            text = json.dumps({"instructions" if '"instructions"' in tail else "questions": qs})
             if source == "think.md":
                 text = "<think>The user wants JSON {\"questions\": [...]}. Let me think.</think>\n```json\n" + text + "\n```"
             return 200, {}, text
-        question = user.rsplit("Question: ", 1)[1].split("\n\n", 1)[0]
+        question = re.search(r"^(?:Question|Instruction): (.*)$", tail, re.M).group(1)
         if source == "ratelimit.md" and question not in self.rate_limited_once:
             self.rate_limited_once.add(question)
             return 429, {"Retry-After": "2"}, json.dumps({"error": {"message": "slow down", "type": "rate_limit"}})
@@ -96,6 +104,9 @@ class FakeTeacher:
             return 200, {}, json.dumps({"answer": None})
         elif source == "duplicate.md":
             answer = " ".join(sents)
+        elif question.startswith("Explain the rule that "):
+            stem = question.removeprefix("Explain the rule that ")
+            answer = stem[0].upper() + stem[1:] + "."
         else:
             stem = question.removeprefix("What does the policy say: ").rstrip("?")
             answer = stem + "."
@@ -103,6 +114,17 @@ class FakeTeacher:
         if source == "think.md":
             text = "<think>Only the passage. {not json}</think>```\n" + text + "\n```"
         return 200, {}, text
+
+    def verdict(self, source: str, user: str, reask: bool) -> str:
+        """The judge: fails an answer about leave being credited, cannot be read for reask.md (twice)."""
+        self.judged.append(user)
+        reply = user.split("\n\nReply: ", 1)[1].split("\n\nIs every statement", 1)[0]
+        if source == "reask.md":
+            return "Looks fine to me, it matches the passage."
+        if "credited" in reply:
+            return json.dumps({"verdict": "fail", "reason": "score 2/5: the reply repeats the passage instead of answering"})
+        text = json.dumps({"verdict": "pass", "reason": "every statement is in the passage"})
+        return f"<think>Check each statement.</think>{text}" if source == "think.md" else text
 
     def serve(self):
         teacher = self
@@ -318,6 +340,60 @@ def test_not_answerable_question_is_dropped(teacher, tmp_path):
     assert [(r["document"], r["reason"]) for r in rejected] == [("reask.md", "not_answerable")]
 
 
+def test_judge_sees_the_chunk_and_what_it_fails_is_counted(teacher, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tunewise.data.synth.report import print_funnel
+
+    names = ["good.md", "think.md", "reask.md"]
+    docs = make_docs(tmp_path, names)
+    out = tmp_path / "pairs.jsonl"
+    res = synthesize(opts(docs, out, teacher, embedder=HashingEmbedder(), judge=True))
+    # every pair that passed the local checks went to the judge (reask.md's twice: one re-ask), with its chunk
+    assert len(teacher.judged) == 2 * 3 + 2
+    for prompt in teacher.judged:
+        name = re.search(r"Passage \(from ([^,)]+)", prompt).group(1)
+        assert DOCS[name].split("\n\n", 1)[1].strip() in prompt and "Reply: " in prompt
+    rejected = [json.loads(line) for line in (tmp_path / "pairs.rejected.jsonl").read_text().splitlines()]
+    assert [(r["document"], r["stage"], r["reason"]) for r in rejected] == [
+        ("good.md", "judged", "judge_failed"), ("reask.md", "judged", "judge_unparseable"), ("reask.md", "judged", "judge_unparseable")]
+    assert rejected[0]["detail"] == "score 2/5: the reply repeats the passage instead of answering"
+    assert "credited" in rejected[0]["answer"] and "after one re-ask" in rejected[1]["detail"]
+    f = json.loads((tmp_path / "pairs.funnel.json").read_text())
+    judged = f["stages"][-1]
+    assert judged["stage"] == "judged" and judged["dropped"] == 3 and judged["reasons"] == {"judge_failed": 1, "judge_unparseable": 2}
+    assert judged["count"] == f["kept"] == res.kept == 3
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(k["provenance"]["judge"] == {"verdict": "pass", "reason": "every statement is in the passage"} for k in kept)
+    assert all("judge" in k["provenance"]["request_keys"] for k in kept)
+    buf = StringIO()
+    print_funnel(res.funnel, Console(file=buf, width=200))
+    assert re.search(r"judged\s*│\s*3\s*│\s*3\s*│ judge_failed 1, judge_unparseable 2", buf.getvalue())
+    calls = teacher.total()  # a rerun asks the judge nothing again
+    assert synthesize(opts(docs, out, teacher, embedder=HashingEmbedder(), judge=True)).kept == 3 and teacher.total() == calls
+
+
+def test_instruction_kind_end_to_end(teacher, tmp_path, capsys, smol_tokenizer_dir):
+    docs = make_docs(tmp_path, ["good.md", "think.md"])
+    out = tmp_path / "pairs.jsonl"
+    code, stdout, _ = run_cli(["data", "synth", str(docs), "--out", str(out), "--endpoint", teacher.url, "--model", "teacher-1",
+                               "--kinds", "qa,instruction", "--per-chunk", "1", "--index", str(tmp_path / "idx"), "--json"], capsys)
+    f = json.loads(stdout)
+    assert code == 0 and f["candidates"] == 2 * 2 * 1 and f["kept"] == 4 and f["options"]["kinds"] == ["qa", "instruction"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    got = [(r["provenance"]["document"], r["provenance"]["kind"], r["messages"][0]["content"].split(" ")[0]) for r in rows]
+    assert got == [("good.md", "qa", "What"), ("good.md", "instruction", "Explain"),
+                   ("think.md", "qa", "What"), ("think.md", "instruction", "Explain")]
+    inst = rows[1]
+    assert inst["messages"][1]["content"] == "Earned leave is credited at 1.5 days at the start of each month."
+    assert inst["provenance"]["grounding"][0]["supported"] and inst["provenance"]["retrieval_rank"] >= 1
+    code, stdout, _ = run_cli(["data", "check", str(out), "--model", str(smol_tokenizer_dir), "--json"], capsys)
+    report = json.loads(stdout)
+    assert code == 0 and report["examples"] == 4 and report["n_errors"] == 0
+
+
 def test_output_passes_data_check_and_nothing_kept_exits_1(teacher, tmp_path, capsys, minilm, smol_tokenizer_dir):
     docs = make_docs(tmp_path, ["good.md", "think.md"])
     out = tmp_path / "pairs.jsonl"
@@ -365,6 +441,39 @@ def test_budget_is_a_hard_limit_and_rerun_resumes(teacher, tmp_path):
     res2 = synthesize(opts(docs, out, teacher, embedder=HashingEmbedder(), concurrency=1))
     assert res2.complete and out.read_bytes().startswith(partial) and res2.kept == 6
     assert max(teacher.calls.values()) == 1  # nothing asked twice
+
+
+def test_per_hour_pricing_of_a_local_endpoint(teacher, tmp_path, capsys):
+    docs = make_docs(tmp_path, ["good.md", "think.md", "reask.md"])
+    base = ["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint", teacher.url, "--model", "teacher-1",
+            "--per-chunk", "2", "--index", str(tmp_path / "idx")]
+    code, stdout, _ = run_cli(base + ["--dry-run", "--usd-per-hour", "2.5"], capsys)
+    assert code == 0 and "plus $2.50 per hour the run takes" in stdout and "local endpoint, $2.5/h" in stdout
+    code, stdout, _ = run_cli(base + ["--dry-run", "--usd-per-hour", "2.5", "--json"], capsys)
+    est = json.loads(stdout)
+    assert est["requests"] == 9 and est["usd_max"] == 0.0 and est["pricing"]["usd_per_hour"] == 2.5
+    # a budget on a local endpoint without a per-hour price could never stop anything: refused
+    code, _, err = run_cli(base + ["--max-cost", "1"], capsys)
+    assert code == 1 and "--usd-per-hour" in " ".join(err.split()) and teacher.total() == 0
+    # the running time is charged: every request takes 6 minutes on this clock, at $1/h that is $0.10 each
+    now = [0.0]
+    reply = teacher.reply
+
+    def slow(body):
+        now[0] += 360
+        return reply(body)
+
+    teacher.reply = slow
+    out = tmp_path / "pairs.jsonl"
+    res = synthesize(opts(docs, out, teacher, embedder=HashingEmbedder(), concurrency=1, usd_per_hour=1.0, max_cost=0.35,
+                          clock=lambda: now[0]))
+    f = json.loads((tmp_path / "pairs.funnel.json").read_text())
+    # the 4th request would pass $0.35 if it takes as long as the longest so far: not sent
+    assert teacher.total() == 3 and not res.complete and f["cost"]["budget_reached"]
+    assert f["cost"]["spent_usd_this_run"] == pytest.approx(0.3) and f["cost"]["pricing"]["usd_per_hour"] == 1.0
+    assert f["stages"][0]["reasons"] == {"budget": 4} and res.kept == 2
+    res2 = synthesize(opts(docs, out, teacher, embedder=HashingEmbedder(), concurrency=1))  # no budget: resumes
+    assert res2.complete and res2.kept == 6 and max(teacher.calls.values()) == 1
 
 
 def test_api_key_only_from_env_and_never_written(teacher, tmp_path, monkeypatch, capsys):
@@ -440,27 +549,35 @@ def test_kill_9_then_rerun_gives_the_same_file_without_repeated_calls(teacher, t
 
 @pytest.mark.e2e
 def test_synth_through_tunewise_serve_on_the_embedded_model(embedded_model, tmp_path, minilm):
-    """The real path: `tunewise serve` on SmolLM2-135M as the teacher. A 135M model writes weak pairs;
-    the run must still finish and the funnel must account for every candidate with a reason."""
+    """The real path: `tunewise serve` (llama.cpp engine) on SmolLM2-135M as the teacher, 2 small
+    documents, one question each, short replies (about a minute). A 135M model writes weak pairs; the
+    run must still finish and the funnel must say, for every candidate, the stage and reason it was
+    dropped at (or that it was kept)."""
+    from rich.console import Console
+
+    from tunewise.data.synth.report import STAGES, print_funnel
     from tunewise.infer import open_engine
     from tunewise.serve import Limits, ServerThread, create_app
 
-    docs = make_docs(tmp_path, ["good.md", "think.md", "reask.md"])
+    docs = make_docs(tmp_path, ["good.md", "think.md"])
     out = tmp_path / "pairs.jsonl"
-    engine = open_engine(embedded_model, engine="hf", precision="fp32")
+    engine = open_engine(embedded_model, engine="llama.cpp")
     try:
         with ServerThread(create_app(engine, "smollm2-135m", limits=Limits(max_tokens_limit=256))) as srv:
-            o = SynthOptions(docs_dir=docs, out=out, endpoint=srv.url + "/v1", model="smollm2-135m", per_chunk=2,
+            o = SynthOptions(docs_dir=docs, out=out, endpoint=srv.url + "/v1", model="smollm2-135m", per_chunk=1,
                              concurrency=2, index_dir=tmp_path / "index", progress=False, embedder=minilm,
-                             question_max_tokens=160, answer_max_tokens=160)
+                             question_max_tokens=96, answer_max_tokens=96)
             res = synthesize(o)
     finally:
         engine.close()
+    print_funnel(res.funnel, Console(width=120))
     f = json.loads((tmp_path / "pairs.funnel.json").read_text())
-    print(json.dumps({"stages": f["stages"], "kept": f["kept"], "coverage": f["coverage"], "calls": f["calls"]}, indent=1))
-    assert res.complete and f["candidates"] == 3 * 2 and f["calls"]["failed"] == 0
+    assert res.complete and f["candidates"] == 2 and f["calls"]["failed"] == 0 and f["calls"]["calls"] >= 2
     dropped = sum(s["dropped"] for s in f["stages"])
-    assert dropped + f["kept"] == f["candidates"]
+    assert dropped + f["kept"] == f["candidates"] and f["stages"][-1]["count"] == f["kept"]
     rejected = [json.loads(line) for line in (tmp_path / "pairs.rejected.jsonl").read_text().splitlines()]
-    assert len(rejected) == dropped and all(r["reason"] and r["detail"] for r in rejected)
-    assert len(out.read_text().splitlines()) == f["kept"]
+    assert len(rejected) == dropped and all(r["stage"] in STAGES and r["reason"] and r["detail"] for r in rejected)
+    for s in f["stages"]:  # each stage's count of reasons is the rejected rows it dropped
+        assert s["reasons"] == dict(Counter(r["reason"] for r in rejected if r["stage"] == s["stage"]))
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) == f["kept"] and all(k["provenance"]["grounding"] for k in kept)

@@ -4,8 +4,9 @@ write new (gold) examples by hand, and export what was kept.
 Nothing here modifies the dataset. Every decision is one line appended to a review log beside it
 (``pairs.jsonl`` -> ``pairs.review.jsonl``), flushed and fsynced before the page is told it is
 saved, so a reload, a closed browser or a killed server loses nothing. A decision names its example
-by a content id (a hash of the original row, see :func:`example_id`), never by its position, so the
-log stays right when rows are added, removed or reordered. The latest entry for an id wins.
+by a stable id (the row's own ``id``, else a hash of its messages, see :func:`example_id`), never by
+its position, so the log stays right when rows are added, removed, reordered or their provenance
+changes (a synth rerun). The latest entry for an id wins.
 
 Rows that carry synth provenance (a top-level ``provenance`` object with ``document``, ``chunk_id``,
 ``span`` and ``chunk_text`` or ``chunk_hash``) are shown beside their source chunk, with the chunk
@@ -18,7 +19,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import threading
 import time
@@ -50,10 +50,30 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def example_id(value: Any) -> str:
-    """The stable id of a row: the first 16 hex digits of the SHA-256 of its canonical JSON (keys
-    sorted), so neither key order nor the row's position changes it."""
+def content_hash(value: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of ``value``'s canonical JSON (keys sorted)."""
     return hashlib.sha256(_canonical(value)).hexdigest()[:16]
+
+
+def example_id(raw: Any, conversation: Conversation | None = None) -> str:
+    """The stable id of a row, never its position:
+
+    - the row's own ``id`` (a non-empty string or an integer) when it has one: `tunewise data synth`
+      writes one, a hash of the chunk, kind, question and answer;
+    - else the content hash of its conversation: roles, texts, tool calls and tools, so that other
+      keys (``provenance``, scores, metadata) can change, and key order or format details do not
+      matter;
+    - else (a row that cannot be read as an example) the content hash of the whole row."""
+    own = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(own, str) and own.strip():
+        return own.strip()
+    if isinstance(own, int) and not isinstance(own, bool):
+        return str(own)
+    if conversation is not None:
+        msgs = [{"role": m.role, "content": m.content, **({"tool_calls": m.tool_calls} if m.tool_calls else {})}
+                for m in conversation.messages]
+        return content_hash({"messages": msgs, **({"tools": conversation.tools} if conversation.tools else {})})
+    return content_hash(raw)
 
 
 def default_log_path(dataset: str | Path) -> Path:
@@ -69,7 +89,7 @@ class Example:
     conversation: Conversation | None  # None when the row cannot be read as an example
     error: str | None = None  # why training would refuse the row (shown; only reject is offered)
     raw: Any = None
-    duplicate_of: str | None = None  # the first row with the same content
+    duplicate_of: str | None = None  # the first row with the same id (a repeated row)
 
     @property
     def provenance(self) -> dict | None:
@@ -91,11 +111,12 @@ class Dataset:
 def load_examples(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> Dataset:
     """Every row of a dataset as an :class:`Example`. Rows training would refuse are kept (with the
     reason) so a reviewer can reject them; rows that are not even JSON are listed in ``unreadable``.
-    Identical rows get ids ``ID``, ``ID-2``, ``ID-3`` in file order."""
+    Rows with the same id (:func:`example_id`) get ``ID``, ``ID-2``, ``ID-3`` in file order."""
     path = Path(path)
     examples: list[Example] = []
     unreadable: list[str] = []
     seen: dict[str, int] = {}
+    taken: set[str] = set()
     fmt: str | None = None
     for pr in iter_conversations(path, format, mapping, validate=False, keep_raw=True):
         if pr.conversation is None and pr.raw is None:
@@ -110,11 +131,15 @@ def load_examples(path: str | Path, format: str = "auto", mapping: dict[str, str
                 validate_conversation(conv)
             except RowError as e:
                 error = str(e)
-        base = example_id(raw)
+        base = example_id(raw, conv)
         n = seen.get(base, 0) + 1
+        eid = base if n == 1 else f"{base}-{n}"
+        while eid in taken:  # a row's own id can look like a numbered one
+            n += 1
+            eid = f"{base}-{n}"
         seen[base] = n
-        examples.append(Example(base if n == 1 else f"{base}-{n}", pr.source, conv, error, raw,
-                                duplicate_of=base if n > 1 else None))
+        taken.add(eid)
+        examples.append(Example(eid, pr.source, conv, error, raw, duplicate_of=base if eid != base else None))
     if not examples and not unreadable:
         raise TunewiseError(f"{path}: no examples found", "the file is empty")
     return Dataset(path, fmt, examples, unreadable)
@@ -277,40 +302,21 @@ def _check_conversation(conv: Conversation, where: str) -> None:
 # The source chunk beside a synth pair
 # ---------------------------------------------------------------------------------------------
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.M)
-_WORD = re.compile(r"\w+", re.U)
-_STOP = frozenset(
-    "a an and are as at be by can do does for from has have how i in is it its of on or that the their "
-    "them then there these this to was were what when where which who why will with you your".split())
 SUPPORT_THRESHOLD = 0.5  # share of an answer sentence's content words found in one chunk sentence
-
-
-def _content_words(text: str) -> set[str]:
-    return {w for w in (t.lower() for t in _WORD.findall(text)) if w not in _STOP and (len(w) > 1 or w.isdigit())}
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of each sentence (split at . ! ? and line ends), surrounding spaces trimmed."""
-    spans = []
-    for m in _SENTENCE.finditer(text):
-        s, e = m.start(), m.end()
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if e > s:
-            spans.append((s, e))
-    return spans
 
 
 def support_spans(chunk: str, answer: str, threshold: float = SUPPORT_THRESHOLD) -> list[tuple[int, int]]:
     """The chunk sentences that support an answer: for each answer sentence, the chunk sentence
     holding the largest share of its content words, kept when that share is at least ``threshold``.
-    Sorted, merged character spans into ``chunk``."""
-    chunk_sents = [(s, e, _content_words(chunk[s:e])) for s, e in sentence_spans(chunk)]
+    Sorted, merged character spans into ``chunk``. Sentences and content words (stemmed, stop words
+    out, numbers in) are those of synth's grounding check (:mod:`tunewise.data.synth.filters`)."""
+    from tunewise.data.synth.filters import Lexicon, sentences
+
+    lexicon = Lexicon()  # one per call: the page is served from several threads
+    chunk_sents = [(s, e, lexicon.terms(chunk[s:e])) for s, e in sentences(chunk)]
     picked: set[tuple[int, int]] = set()
-    for s, e in sentence_spans(answer):
-        words = _content_words(answer[s:e])
+    for s, e in sentences(answer):
+        words = lexicon.terms(answer[s:e])
         if not words:
             continue
         best, best_score = None, 0.0

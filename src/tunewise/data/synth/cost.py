@@ -1,7 +1,10 @@
 """What a synth run costs: per-token prices from genai-prices' bundled snapshot (as `tunewise
 advise` and `compare` price API models), or given by hand, or per hour for a local endpoint; the
 dry-run estimate; and the hard budget, which reserves each request's worst case (its prompt plus
-``max_tokens``) before sending it, so the total can never pass ``--max-cost``."""
+``max_tokens``) before sending it, so the token cost can never pass ``--max-cost``. Running time
+(``--usd-per-hour``) is checked the same way, with the longest request so far as the time the
+requests in flight may still take: it stays under the budget unless a request takes longer than
+every one before it."""
 
 from __future__ import annotations
 
@@ -97,9 +100,12 @@ class Budget:
         self._t0 = clock()
         self._lock = threading.Lock()
         self.reached = False
-        if max_usd is not None and not pricing.known and not pricing.usd_per_hour:
-            raise TunewiseError(f"--max-cost needs a price, and there is none ({pricing.source})",
-                                "give --price-per-mtok INPUT,OUTPUT (USD per million tokens) or --usd-per-hour")
+        self.longest_s = 0.0  # the longest request so far (seconds)
+        if max_usd is not None and not pricing.usd_per_hour and not (pricing.input_usd_per_mtok or pricing.output_usd_per_mtok):
+            what = "there is none" if not pricing.known else "every token is free"
+            raise TunewiseError(f"--max-cost needs a price, and {what} ({pricing.source})",
+                                "give --usd-per-hour (what the endpoint's machine costs an hour; for a local endpoint) "
+                                "or --price-per-mtok INPUT,OUTPUT (USD per million tokens)")
 
     def hours_usd(self) -> float:
         return (self.clock() - self._t0) / 3600 * self.pricing.usd_per_hour
@@ -107,21 +113,30 @@ class Budget:
     def spent_usd(self) -> float:
         return self.spent_tokens_usd + self.hours_usd()
 
+    def ahead_usd(self) -> float:
+        """What the running time may still cost before the requests in flight are done: the longest
+        request so far, at ``usd_per_hour`` (requests run side by side, so once, not per request)."""
+        return self.longest_s / 3600 * self.pricing.usd_per_hour
+
     def reserve(self, input_tokens: int, max_output_tokens: int) -> float:
-        """Reserve the worst case of one request, or raise :class:`BudgetReached`."""
+        """Reserve the worst case of one request (its prompt plus ``max_tokens``, and the longest
+        request so far in running time), or raise :class:`BudgetReached`."""
         worst = self.pricing.tokens_usd(input_tokens, max_output_tokens)
         with self._lock:
-            if self.max_usd is not None and self.spent_usd() + self.reserved_usd + worst > self.max_usd:
+            used = self.spent_usd() + self.reserved_usd
+            if self.max_usd is not None and used + worst + self.ahead_usd() > self.max_usd:
                 self.reached = True
-                raise BudgetReached(f"the next request could cost ${worst:.4f} and "
-                                    f"${self.spent_usd() + self.reserved_usd:.4f} of ${self.max_usd:.4f} is used")
+                raise BudgetReached(f"the next request could cost ${worst + self.ahead_usd():.4f} and "
+                                    f"${used:.4f} of ${self.max_usd:.4f} is used")
             self.reserved_usd += worst
         return worst
 
-    def settle(self, reserved: float, input_tokens: int, output_tokens: int) -> None:
+    def settle(self, reserved: float, input_tokens: int, output_tokens: int, seconds: float = 0.0) -> None:
+        """Replace a reservation by what the request cost; ``seconds``: how long it took."""
         with self._lock:
             self.reserved_usd -= reserved
             self.spent_tokens_usd += self.pricing.tokens_usd(input_tokens, output_tokens)
+            self.longest_s = max(self.longest_s, seconds)
 
     def release(self, reserved: float) -> None:
         with self._lock:

@@ -85,6 +85,11 @@ class Lexicon:
         words = [w for w in (w.lower() for w in _WORD.findall(text)) if w not in _STOP and not w.isdigit()]
         return self.stemmer.stemWords(words) if self.stemmer is not None else words
 
+    def terms(self, text: str) -> set[str]:
+        """The content words and the numbers of ``text``: what a sentence shares with the one that
+        supports it (the review page's highlighting)."""
+        return set(self.content(text)) | _numbers(text)
+
 
 @dataclass
 class SentenceSupport:

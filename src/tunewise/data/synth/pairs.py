@@ -58,6 +58,7 @@ class SynthOptions:
     embedder: object = None  # None = all-MiniLM-L6-v2; a path or an Embedder
     max_attempts: int = 6
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic  # seconds, for --usd-per-hour
     progress: bool = True
 
     def sampling(self, stage: str) -> dict:
@@ -197,12 +198,13 @@ class Generator:
             return self.client.complete(req).text
         prompt_tokens = estimate_tokens("".join(str(m["content"]) for m in req["messages"]))
         reserved = self.budget.reserve(prompt_tokens, req["max_tokens"])
+        t0 = self.budget.clock()
         try:
             reply = self.client.complete(req)
         except BaseException:
             self.budget.release(reserved)
             raise
-        self.budget.settle(reserved, reply.input_tokens, reply.output_tokens)
+        self.budget.settle(reserved, reply.input_tokens, reply.output_tokens, self.budget.clock() - t0)
         self.tokens["input"] += reply.input_tokens
         self.tokens["output"] += reply.output_tokens
         return reply.text
@@ -350,7 +352,7 @@ def synthesize(o: SynthOptions, console=None) -> SynthResult:
     chunks, skipped, doc_hashes = load_chunks(o.docs_dir, o.chunk_tokens, o.overlap)
     files = side_files(o.out)
     pricing = resolve_pricing(o.model, o.endpoint, o.price_per_mtok, o.usd_per_hour)
-    budget = Budget(pricing, o.max_cost)
+    budget = Budget(pricing, o.max_cost, clock=o.clock)
     identity = {"model": o.model, "endpoint": public_endpoint(o.endpoint),
                 "prompt_template_sha256": prompts.template_hash(),
                 "sampling": {s: o.sampling(s) for s in ("questions", "answer")}}
