@@ -193,11 +193,31 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
             assert a[key] is not None, (a["name"], key)
         assert (res.output_dir / a["outputs_file"]).is_file()
     assert rep["primary_metric"] == "checks"
-    # local cost = measured s/query × ₹36/hour ÷ 3600 × 1000
+    # local cost = ₹36/hour ÷ queries/hour × 1000: measured throughput, or one query at a time (with a
+    # note), less the shared prefix's prefill that a serving engine's prompt cache saves
     p = by["prompt"]
-    assert p["cost_per_1k_queries"] == pytest.approx(p["seconds_per_query"] * 10.0)
+    pr = p["pricing"]
+    assert p["cost_per_1k_queries"] == pytest.approx(36.0 / pr["queries_per_hour"] * 1000)
+    if pr["method"] == "sequential":
+        assert pr["queries_per_hour"] == pytest.approx(3600 / (p["seconds_per_query"] - pr["prefix_seconds_saved"]))
+        assert any("priced from sequential latency" in n for n in p["notes"])
+    else:
+        assert pr["queries_per_hour"] == pytest.approx(p["throughput_qph"]) and pr["concurrency"] >= 1
+    assert pr["shared_prefix_tokens"] > 0 and "shared prompt prefix" in p["cost_basis"]  # "Answer briefly."
     assert p["cost_per_1k_queries_usd"] == pytest.approx(p["cost_per_1k_queries"] / 90.0)
+    # monthly = running + one-off costs / 12 months: the prompt arm has none, few-shot labelled its 2
+    # demonstrations (2 min each at the default ₹600/hour), the fine-tuned arm trained (₹3.60) on
+    # examples its fake run did not record (said in a note)
+    assert rep["pricing"]["amortise_months"] == 12 and rep["pricing"]["reviewer_hourly_rate"] == 600
     assert p["monthly_cost"] == pytest.approx(p["cost_per_1k_queries"] * 50)
+    fs = by["few_shot"]
+    assert fs["one_off"]["labelled_examples"] == 2 and fs["one_off"]["data_prep"] == pytest.approx(40.0)
+    assert fs["monthly_cost"] == pytest.approx(fs["cost_per_1k_queries"] * 50 + 40.0 / 12)
+    ft = by["finetuned"]
+    assert ft["one_off"]["training"] == pytest.approx(3.6) and ft["one_off"]["labelled_examples"] is None
+    assert ft["monthly_cost"] == pytest.approx(ft["cost_per_1k_queries"] * 50 + 3.6 / 12)
+    assert any("data_fingerprint.json" in n for n in ft["notes"])
+    assert by["rag"]["one_off"]["labelled_examples"] == 4  # retrieves demonstrations from the whole pool
     # prompts grow with demonstrations and retrieved context
     assert by["few_shot"]["mean_input_tokens"] > p["mean_input_tokens"]
     assert by["rag"]["mean_input_tokens"] > p["mean_input_tokens"]

@@ -59,12 +59,19 @@ class ApiPrice:
     output_usd_per_mtok: float
 
 
-def api_price(model: str, input_tokens: int, output_tokens: int, provider: str | None = None) -> ApiPrice:
-    """Per-query price of an API model from genai-prices' bundled snapshot (no network)."""
+def api_price(model: str, input_tokens: int, output_tokens: int, provider: str | None = None,
+              cached_input_tokens: int = 0) -> ApiPrice:
+    """Per-query price of an API model from genai-prices' bundled snapshot (no network).
+
+    ``cached_input_tokens`` of the ``input_tokens`` are billed at the provider's cached-input price
+    (genai-prices bills them at the full input price when it has none for the model).
+    """
     from genai_prices import Usage, calc_price
 
     try:
-        calc = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens), model, provider_id=provider)
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                      cache_read_tokens=min(cached_input_tokens, input_tokens) or None)
+        calc = calc_price(usage, model, provider_id=provider)
         unit = calc_price(Usage(input_tokens=1_000_000, output_tokens=1_000_000), model, provider_id=provider)
     except LookupError as e:
         raise TunewiseError(
@@ -80,25 +87,184 @@ def api_price(model: str, input_tokens: int, output_tokens: int, provider: str |
     )
 
 
+# Providers cache a prompt's prefix only from this length on (OpenAI and Anthropic: 1,024 tokens).
+API_MIN_CACHED_PREFIX_TOKENS = 1024
+
+
 def api_cost_per_1k_usd(model: str, provider: str | None, input_tokens: float, output_tokens: float,
-                        price_in: float | None = None, price_out: float | None = None) -> tuple[float | None, str]:
+                        price_in: float | None = None, price_out: float | None = None,
+                        shared_prefix_tokens: float = 0.0) -> tuple[float | None, str]:
     """USD for 1,000 queries of the given mean token counts, and where the price came from.
 
-    Prices given in the config (USD per 1M tokens) win; otherwise genai-prices' snapshot through
-    :func:`api_price`. A model it does not know gives ``None`` and a note saying what to set.
+    Prices given in the config (USD per 1M tokens) win (every input token at that price);
+    otherwise genai-prices' snapshot through :func:`api_price`. ``shared_prefix_tokens`` (the
+    system prompt and demonstrations every query starts with) are billed at the provider's
+    cached-input price when genai-prices has one and the prefix reaches the providers' caching
+    minimum (:data:`API_MIN_CACHED_PREFIX_TOKENS`), else at the full price; the basis says which.
+    A model it does not know gives ``None`` and a note saying what to set.
     """
+    prefix = min(max(shared_prefix_tokens, 0.0), input_tokens)
     if price_in is not None and price_out is not None:
-        return (input_tokens * price_in + output_tokens * price_out) * 1000.0 / 1e6, "prices from the config"
+        how = f"; shared prefix ≈{prefix:,.0f} tokens at the full input price" if prefix >= 1 else ""
+        return (input_tokens * price_in + output_tokens * price_out) * 1000.0 / 1e6, "prices from the config" + how
+    cached = prefix >= API_MIN_CACHED_PREFIX_TOKENS
+    args = (model, int(round(input_tokens * 1000)), int(round(output_tokens * 1000)), provider)
     try:
-        p = api_price(model, int(round(input_tokens * 1000)), int(round(output_tokens * 1000)), provider)
+        p = api_price(*args, cached_input_tokens=int(round(prefix * 1000)) if cached else 0)
+        full = api_price(*args) if cached else p
     except TunewiseError as e:
         return None, f"{e.message}; set price_input_per_mtok_usd/price_output_per_mtok_usd"
-    return p.usd_per_query, f"genai-prices ({p.provider} {p.model})"
+    basis = f"genai-prices ({p.provider} {p.model})"
+    if prefix < 1:
+        return p.usd_per_query, basis
+    if not cached:
+        how = (f"shared prefix ≈{prefix:,.0f} tokens at the full input price (under the "
+               f"{API_MIN_CACHED_PREFIX_TOKENS:,}-token minimum providers cache)")
+    elif p.usd_per_query < full.usd_per_query:
+        how = f"shared prefix ≈{prefix:,.0f} tokens at the cached-input price"
+    else:
+        how = f"shared prefix ≈{prefix:,.0f} tokens at the full input price (genai-prices has no cached-input price)"
+    return p.usd_per_query, f"{basis}; {how}"
 
 
 def local_cost_per_1k(seconds_per_query: float, price_per_hour: float) -> float:
-    """Serving cost of 1,000 queries answered one after another on hardware rented by the hour."""
+    """Cost of 1,000 × ``seconds_per_query`` of hardware rented by the hour (also: training time / 1000)."""
     return seconds_per_query * 1000.0 / 3600.0 * price_per_hour
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured arms (tunewise compare): serving from throughput, shared prefixes, one-off costs
+# ---------------------------------------------------------------------------------------------
+
+HOURS_PER_MONTH = 730.0
+# What a reviewer costs per hour when the config does not say (a domain expert checking examples),
+# in the report's currency: labour is not priced by exchange rate.
+DEFAULT_REVIEWER_RATE = {"INR": 600.0, "USD": 30.0}
+DEFAULT_REVIEW_MINUTES = 2.0  # to read, check and correct one labelled example
+
+
+@dataclass(frozen=True)
+class LocalPricing:
+    """How a local arm's serving cost was worked out (cost in the hourly price's currency)."""
+
+    cost_per_1k: float
+    method: Literal["throughput", "sequential"]
+    queries_per_hour: float
+    concurrency: int
+    shared_prefix_tokens: float
+    prefix_seconds_saved: float  # per query, by not prefilling the shared prefix again
+    basis: str
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def local_serving_price(price_per_hour: float, seconds_per_query: float, *, throughput_qph: float | None = None,
+                        concurrency: int | None = None, shared_prefix_tokens: float = 0.0,
+                        uncached_prefix_tokens: float | None = None, prefill_s_per_token: float | None = None,
+                        queries_per_cache: float = 1.0, hardware: str = "", currency: str = "") -> LocalPricing:
+    """Serving cost of 1,000 queries on hardware rented at ``price_per_hour``:
+    ``price_per_hour ÷ queries_per_hour × 1000``.
+
+    * ``queries_per_hour`` is ``throughput_qph``, what the hardware sustained with ``concurrency``
+      requests decoded together; without it (fallback, with a note) ``3600 / seconds_per_query``,
+      queries answered one after another.
+    * Shared prompt prefix: a serving engine's prompt cache prefills the prefix every query starts
+      with (system prompt, fixed demonstrations) once per cache lifetime (``queries_per_cache``
+      queries), not once per query. The part the measuring engine prefilled again for every query
+      (``uncached_prefix_tokens``; default the whole prefix) × ``prefill_s_per_token`` is taken off
+      each query's share of the hour (prefill is compute-bound: batching does not make it cheaper).
+    """
+    where = f" on {hardware}" if hardware else ""
+    hourly = f"{price_per_hour:g}{' ' + currency if currency else ''}/hour"
+    measured = throughput_qph is not None and throughput_qph > 0
+    n = int(concurrency or 1) if measured else 1
+    qph = throughput_qph if measured else (3600.0 / seconds_per_query if seconds_per_query > 0 else float("inf"))
+    if measured:
+        basis = f"{qph:,.0f} queries/hour measured with {n} concurrent request{'s' if n != 1 else ''}{where} at {hourly}"
+    else:
+        basis = f"{seconds_per_query:.2f} s/query one at a time{where} at {hourly}"
+    uncached = shared_prefix_tokens if uncached_prefix_tokens is None else min(uncached_prefix_tokens,
+                                                                               shared_prefix_tokens)
+    per_query = 3600.0 / qph if qph != float("inf") else 0.0
+    saved = 0.0
+    if uncached >= 1 and prefill_s_per_token and per_query > 0:
+        # never more than most of the query's own share of the hour
+        saved = min(uncached * prefill_s_per_token * (1.0 - 1.0 / max(queries_per_cache, 1.0)), 0.9 * per_query)
+    if saved > 0:
+        qph = 3600.0 / (per_query - saved)
+        basis += (f", less {saved:.3g} s/query prefilling the ≈{uncached:,.0f}-token shared prompt prefix again "
+                  f"(a serving engine caches it: once per {queries_per_cache:,.0f} queries)")
+    elif shared_prefix_tokens >= 1 and uncached < 1:
+        basis += f"; the ≈{shared_prefix_tokens:,.0f}-token shared prompt prefix came from the engine's prompt cache"
+    elif shared_prefix_tokens >= 1:
+        basis += f"; the ≈{shared_prefix_tokens:,.0f}-token shared prompt prefix priced per query (no prefill time measured)"
+    note = None if measured else (
+        "priced from sequential latency (no throughput measured for this arm): queries answered one after another, "
+        "so this is an upper bound on what a server that batches concurrent requests pays")
+    cost = price_per_hour / qph * 1000.0 if qph != float("inf") else 0.0
+    return LocalPricing(cost, "throughput" if measured else "sequential", qph, n, shared_prefix_tokens, saved, basis,
+                        note)
+
+
+def shared_prefix_tokens(prompts: list[list[dict]], mean_input_tokens: float) -> float:
+    """Tokens of the prefix every prompt starts with (system prompt, fixed demonstrations).
+
+    Measured in characters of the messages in order (role and content), as the longest prefix
+    common to all prompts, and converted to tokens at the prompts' own mean tokens per character.
+    With one prompt nothing is known to be shared: 0.
+    """
+    if len(prompts) < 2 or mean_input_tokens <= 0:
+        return 0.0
+    texts = ["".join(f"\x1e{m.get('role', '')}\x1f{m.get('content') or ''}" for m in msgs) for msgs in prompts]
+    first, common = texts[0], len(texts[0])
+    for t in texts[1:]:
+        n = min(common, len(t))
+        i = 0
+        while i < n and t[i] == first[i]:
+            i += 1
+        common = i
+    mean_chars = sum(len(t) for t in texts) / len(texts)
+    return mean_input_tokens * common / mean_chars if mean_chars else 0.0
+
+
+@dataclass(frozen=True)
+class OneOffCosts:
+    """What an approach costs once (training, labelling its examples), spread over ``months``."""
+
+    training: float
+    labelled_examples: int | None
+    review_minutes_per_example: float
+    reviewer_hourly_rate: float
+    months: float
+
+    @property
+    def review_hours(self) -> float:
+        return (self.labelled_examples or 0) * self.review_minutes_per_example / 60.0
+
+    @property
+    def data_prep(self) -> float:
+        return self.review_hours * self.reviewer_hourly_rate
+
+    @property
+    def total(self) -> float:
+        return self.training + self.data_prep
+
+    @property
+    def monthly(self) -> float:
+        return self.total / self.months
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"training": self.training, "labelled_examples": self.labelled_examples,
+                "review_minutes_per_example": self.review_minutes_per_example, "review_hours": self.review_hours,
+                "reviewer_hourly_rate": self.reviewer_hourly_rate, "data_prep": self.data_prep, "total": self.total,
+                "months": self.months, "monthly": self.monthly}
+
+
+def monthly_cost(cost_per_1k: float, queries_per_month: float, one_off: OneOffCosts | None = None) -> float:
+    """Running cost of a month's queries plus the one-off costs spread over their months."""
+    return cost_per_1k * queries_per_month / 1000.0 + (one_off.monthly if one_off else 0.0)
 
 
 def genai_prices_version() -> str:

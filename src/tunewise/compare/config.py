@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from tunewise.compare.stats import DEFAULT_TOLERANCE
 from tunewise.config import RunConfig, Strict
+from tunewise.costs import DEFAULT_REVIEW_MINUTES
 from tunewise.evaluate import JudgeConfig, MetricName, TaskChecks
 
 ARM_TYPES = ("prompt", "few_shot", "rag", "finetuned", "api")
@@ -112,6 +113,15 @@ class CompareConfig(Strict):
     currency: Literal["INR", "USD"] = Field("INR", description="Currency of hardware.price_per_hour and the report.")
     usd_rate: float | None = Field(None, gt=0, description="Units of `currency` per USD (default: the shipped fx table).")
     monthly_queries: int = Field(100_000, ge=0, description="Queries per month, for the monthly cost.")
+    amortise_months: float = Field(12, gt=0, description=(
+        "Months over which one-off costs (training, preparing labelled examples) are spread in the monthly cost."))
+    review_minutes_per_example: float = Field(DEFAULT_REVIEW_MINUTES, ge=0, description=(
+        "Minutes of review each labelled example an arm needs costs (data preparation)."))
+    reviewer_hourly_rate: float | None = Field(None, ge=0, description=(
+        "Reviewer's hourly rate in `currency` (default: 600 INR or 30 USD)."))
+    prefix_cache_hours: float = Field(1.0, gt=0, description=(
+        "How long a serving engine keeps a shared prompt prefix cached: local arms pay its prefill once per "
+        "this many hours of queries."))
     quality_tolerance: float = Field(DEFAULT_TOLERANCE, ge=0, le=1, description=(
         "Smallest quality difference that counts: one arm beat another only when the 95% paired interval of "
         "their difference excludes 0 and the difference is larger than this."))

@@ -18,9 +18,10 @@ from tunewise.compare.arms import ApiArm as ApiRunner, Arm, check_run_dir, demos
 from tunewise.compare.config import ARM_TYPES, CompareConfig
 from tunewise.compare.recommend import recommend
 from tunewise.compare.report import render_html
+from tunewise.compare.pricing import price_arm, pricing_assumptions
 from tunewise.compare.speed import OtherLoad, decode_parity, load_warnings
 from tunewise.compare.stats import arm_uncertainty, eval_size_check
-from tunewise.costs import api_cost_per_1k_usd, local_cost_per_1k
+from tunewise.costs import local_cost_per_1k
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
     EvalExample,
@@ -283,25 +284,8 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         })
         rep.update(arm_uncertainty(results, primary))  # per-example scores and 95% intervals
         rep["notes"].extend(notes)
-        if kind == "api":
-            usd, basis = api_cost_per_1k_usd(arm_cfg.model, arm_cfg.provider, er.mean_input_tokens,
-                                             er.mean_output_tokens, arm_cfg.price_input_per_mtok_usd,
-                                             arm_cfg.price_output_per_mtok_usd)
-            rep["cost_basis"] = basis
-            rep["cost_per_1k_queries_usd"] = usd
-            rep["cost_per_1k_queries"] = usd * rate if usd is not None else None
-            if usd is None:
-                rep["notes"].append(basis)
-        else:
-            local = local_cost_per_1k(spq, cfg.hardware.price_per_hour)
-            rep["cost_basis"] = (f"{spq:.2f} s/query × {cfg.hardware.price_per_hour:g} {cfg.currency}/hour "
-                                 f"({cfg.hardware.name})")
-            rep["cost_per_1k_queries"] = local
-            rep["cost_per_1k_queries_usd"] = local / rate
+        price_arm(rep, arm_cfg, runner, [runner.build(ex)[0] for ex in examples], answers, cfg, rate)
         c1k = rep["cost_per_1k_queries"]
-        rep["monthly_cost"] = c1k * cfg.monthly_queries / 1000.0 if c1k is not None else None
-        rep["monthly_cost_usd"] = (rep["cost_per_1k_queries_usd"] * cfg.monthly_queries / 1000.0
-                                   if rep["cost_per_1k_queries_usd"] is not None else None)
         q, iv = rep["quality"], rep["quality_interval"]
         ci = f" [95% {iv['low']:.2f}–{iv['high']:.2f}]" if iv else ""
         con.print(f"  {primary} {q:.3f}{ci} · p50 {er.latency_p50_s:.2f} s · "
@@ -329,6 +313,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         "usd_rate": rate,
         "hardware": cfg.hardware.model_dump(),
         "monthly_queries": cfg.monthly_queries,
+        "pricing": pricing_assumptions(cfg),
         "quality_tolerance": cfg.quality_tolerance,
         "eval_size": size,
         "caveat": size["message"],

@@ -106,3 +106,26 @@ def load_warnings(arms: list[dict[str, Any]], limit: float = OTHER_LOAD_CORES) -
                        f"its latency and cost per query are inflated (a busy core slowed decoding 2.5-4.5x in "
                        f"tunewise's measurements); rerun on a quiet machine")
     return out
+
+
+def prefill_measure(answers: list[Any]) -> tuple[float | None, float]:
+    """Seconds per prompt token spent on prefill (median over answers) and the mean prompt tokens
+    the engine took from its prompt cache instead (``extra["cached_tokens"]``; 0 for an engine
+    without one). Prefill = time to the first token less one decoding step. ``None`` without a
+    first-token time (an API arm)."""
+    rates, cached = [], []
+    for a in answers:
+        ttft, n_in, n_out, secs = (getattr(a, k, None) for k in ("ttft_s", "input_tokens", "output_tokens", "seconds"))
+        hit = int(((getattr(a, "extra", None) or {}).get("cached_tokens")) or 0)
+        cached.append(hit)
+        if ttft is None or not n_in or n_in - hit <= 0:
+            continue
+        step = (secs - ttft) / (n_out - 1) if n_out and n_out > 1 and secs and secs > ttft else 0.0
+        if ttft - step > 0:
+            rates.append((ttft - step) / (n_in - hit))
+    mean_cached = sum(cached) / len(cached) if cached else 0.0
+    if not rates:
+        return None, mean_cached
+    rates.sort()
+    mid = len(rates) // 2
+    return (rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2), mean_cached

@@ -1,0 +1,100 @@
+"""What each arm of a comparison costs: serving per 1,000 queries (local arms from the throughput the
+hardware sustained, API arms from tokens × prices, both with the shared prompt prefix cached), and
+the monthly cost with the one-off costs — training and the labelled examples the arm needed —
+spread over ``amortise_months``. The arithmetic is :mod:`tunewise.costs` (one pricing path); this
+module gathers the measurements an arm left and writes the figures into its report dict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from tunewise.compare.arms import Arm
+from tunewise.compare.config import CompareConfig
+from tunewise.compare.speed import prefill_measure
+from tunewise.costs import (
+    DEFAULT_REVIEWER_RATE,
+    HOURS_PER_MONTH,
+    OneOffCosts,
+    api_cost_per_1k_usd,
+    local_serving_price,
+    monthly_cost,
+    shared_prefix_tokens,
+)
+
+
+def pricing_assumptions(cfg: CompareConfig) -> dict[str, Any]:
+    """The stated assumptions behind every arm's monthly cost (report.json ``pricing``)."""
+    rate = cfg.reviewer_hourly_rate if cfg.reviewer_hourly_rate is not None else DEFAULT_REVIEWER_RATE[cfg.currency]
+    return {"monthly_queries": cfg.monthly_queries, "amortise_months": cfg.amortise_months,
+            "review_minutes_per_example": cfg.review_minutes_per_example, "reviewer_hourly_rate": rate,
+            "reviewer_rate_is_default": cfg.reviewer_hourly_rate is None,
+            "prefix_cache_hours": cfg.prefix_cache_hours,
+            "queries_per_cache": max(1.0, cfg.monthly_queries * cfg.prefix_cache_hours / HOURS_PER_MONTH)}
+
+
+def labelled_examples(rep: dict[str, Any], runner: Arm) -> int | None:
+    """Labelled examples the arm needed: its demonstrations (few-shot), the pool it retrieves
+    demonstrations from (RAG with ``examples_k``), or the conversations its training run read
+    (fine-tuned; ``None`` when the run did not record them in data_fingerprint.json)."""
+    if rep["kind"] == "few_shot":
+        return len(runner.demos)
+    if rep["kind"] == "rag":
+        return len(runner.pool) if runner.examples_k else 0
+    if rep["kind"] == "finetuned":
+        try:
+            run_dir = Path(rep["training"]["run_dir"])
+            fp = json.loads((run_dir / "data_fingerprint.json").read_text(encoding="utf-8"))
+            return int(fp["train_conversations"]) + int(fp.get("eval_conversations") or 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return 0
+
+
+def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict]], answers: Sequence[Any],
+              cfg: CompareConfig, rate: float, alone: Sequence[int] | None = None) -> None:
+    """Write an arm's costs into ``rep`` (which already holds its measurements).
+
+    ``prompts`` are the messages the arm sent for each eval example (for the shared prefix),
+    ``answers`` what came back, ``alone`` the indexes of the answers produced one at a time (their
+    time to first token gives the prefill rate; default: all). Local arms read ``throughput_qph``
+    and ``throughput_concurrency`` from ``rep`` and fall back, with a note, to
+    ``seconds_per_query`` answered one after another.
+    """
+    assume = pricing_assumptions(cfg)
+    prefix = shared_prefix_tokens(prompts, rep["mean_input_tokens"])
+    if rep["kind"] == "api":
+        usd, basis = api_cost_per_1k_usd(arm_cfg.model, arm_cfg.provider, rep["mean_input_tokens"],
+                                         rep["mean_output_tokens"], arm_cfg.price_input_per_mtok_usd,
+                                         arm_cfg.price_output_per_mtok_usd, shared_prefix_tokens=prefix)
+        rep["pricing"] = {"method": "api", "shared_prefix_tokens": prefix, "basis": basis}
+        c1k = usd * rate if usd is not None else None
+        if usd is None:
+            rep["notes"].append(basis)
+    else:
+        timed = [answers[i] for i in alone] if alone else list(answers)
+        s_per_token, _ = prefill_measure(timed)
+        _, cached = prefill_measure(answers)
+        lp = local_serving_price(cfg.hardware.price_per_hour, rep["seconds_per_query"],
+                                 throughput_qph=rep.get("throughput_qph"),
+                                 concurrency=rep.get("throughput_concurrency"), shared_prefix_tokens=prefix,
+                                 uncached_prefix_tokens=max(0.0, prefix - cached), prefill_s_per_token=s_per_token,
+                                 queries_per_cache=assume["queries_per_cache"], hardware=cfg.hardware.name,
+                                 currency=cfg.currency)
+        rep["pricing"] = lp.as_dict()
+        basis, c1k = lp.basis, lp.cost_per_1k
+        if lp.note:
+            rep["notes"].append(lp.note)
+    one_off = OneOffCosts((rep.get("training") or {}).get("cost") or 0.0, labelled_examples(rep, runner),
+                          cfg.review_minutes_per_example, assume["reviewer_hourly_rate"], cfg.amortise_months)
+    if one_off.labelled_examples is None:
+        rep["notes"].append("the training run does not record how many examples it read (no data_fingerprint.json): "
+                            "preparing them is not in the monthly cost")
+    rep["cost_basis"] = basis
+    rep["cost_per_1k_queries"] = c1k
+    rep["cost_per_1k_queries_usd"] = c1k / rate if c1k is not None else None
+    rep["one_off"] = one_off.as_dict()
+    rep["monthly_running_cost"] = c1k * cfg.monthly_queries / 1000.0 if c1k is not None else None
+    rep["monthly_cost"] = monthly_cost(c1k, cfg.monthly_queries, one_off) if c1k is not None else None
+    rep["monthly_cost_usd"] = rep["monthly_cost"] / rate if c1k is not None else None
