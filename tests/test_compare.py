@@ -250,6 +250,7 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     html = res.html_path.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 4  # quality-vs-cost, metrics, latency, loss curve
     assert "id='recommendation'" in html and "no-key" in html and "not measured" in html
+    assert "id='pricing-arms'" in html and "one-off costs ÷ 12 months" in html  # how each arm was priced
     assert html.index("id='caveat'") < html.index("id='recommendation'") and "Unresolved (a tie)" in html
     assert "sk-abc" not in html and "sk-abc" not in res.json_path.read_text()
     assert len(rep["samples"]) == 2 and set(rep["samples"][0]["outputs"]) == {"prompt", "few_shot", "rag", "finetuned", "api"}

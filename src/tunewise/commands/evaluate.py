@@ -92,7 +92,7 @@ def print_compare_summary(report: dict, html_path: Path) -> None:
         console.print(f"[bold yellow]Caveat:[/] {report['caveat']}", highlight=False)
     t = Table(title=f"{report['name']} — {report['n_examples']} eval examples, quality = {report['primary_metric']}")
     for col in ("arm", "quality [95%]", "vs recommended (paired)", "p50 s", "tokens in/out", "cost / 1k queries",
-                "monthly"):
+                "monthly (one-off costs in)" if report.get("pricing") else "monthly"):
         t.add_column(col, justify="left" if col == "arm" else "right")
     pick = rec.get("arm")
     for a in report["arms"]:
@@ -109,6 +109,10 @@ def print_compare_summary(report: dict, html_path: Path) -> None:
         t.add_row(a["name"], q, vs, f"{a['latency_p50_s']:.2f}", f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
                   money(a.get("cost_per_1k_queries"), cur), money(a.get("monthly_cost"), cur), style=style)
     console.print(t)
+    from tunewise.compare.pricing import pricing_lines
+
+    for line in pricing_lines(report):  # how each arm was priced, then the formulas and assumptions
+        console.print(f"[dim]cost:[/] {line}", highlight=False, soft_wrap=True)
     if rec.get("decision") in ("clear", "tie"):
         console.print("[green]Resolved:[/] the recommended arm beat every other arm." if rec["decision"] == "clear"
                       else "[yellow]Unresolved (a tie):[/] the tied arms could not be told apart on this eval set.")

@@ -26,14 +26,19 @@ def _png(fig) -> bytes:
 
 
 def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick: str | None) -> bytes:
+    """Quality against cost: the monthly cost with one-off costs spread in when the arms carry it
+    (what the recommendation ranks on), else the cost per 1,000 queries."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     placed: list[tuple[float, float]] = []
-    xmax = max([a["cost_per_1k_queries"] for a in arms if a.get("cost_per_1k_queries") is not None] or [1.0])
+    priced = [a for a in arms if a.get("cost_per_1k_queries") is not None]
+    key = "monthly_cost" if priced and all(a.get("one_off") and a.get("monthly_cost") is not None
+                                           for a in priced) else "cost_per_1k_queries"
+    xmax = max([a[key] for a in priced] or [1.0])
     for a in arms:
-        if a.get("quality") is None or a.get("cost_per_1k_queries") is None:
+        if a.get("quality") is None or a.get(key) is None:
             continue
-        x, y = a["cost_per_1k_queries"], a["quality"]
+        x, y = a[key], a["quality"]
         # Stack labels of points that sit close together instead of printing them on top of each other.
         near = sum(1 for px, py in placed if abs(px - x) < 0.15 * xmax and abs(py - y) < 0.06)
         placed.append((x, y))
@@ -45,7 +50,8 @@ def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick
                    edgecolors="black" if a["name"] == pick else "none", linewidths=2, zorder=3)
         ax.annotate(a["name"] + ("  ← recommended" if a["name"] == pick else ""), (x, y),
                     textcoords="offset points", xytext=(8, 4 + 12 * near), fontsize=9)
-    ax.set_xlabel(f"cost per 1,000 queries ({currency})")
+    ax.set_xlabel(f"monthly cost, one-off costs spread in ({currency})" if key == "monthly_cost"
+                  else f"cost per 1,000 queries ({currency})")
     ax.set_ylabel(f"quality ({metric})")
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlim(0, xmax * 1.4 if xmax > 0 else 1.0)

@@ -14,6 +14,7 @@ from tunewise.compare.arms import Arm
 from tunewise.compare.config import CompareConfig
 from tunewise.compare.speed import prefill_measure
 from tunewise.costs import (
+    API_MIN_CACHED_PREFIX_TOKENS,
     DEFAULT_REVIEWER_RATE,
     HOURS_PER_MONTH,
     OneOffCosts,
@@ -22,6 +23,7 @@ from tunewise.costs import (
     monthly_cost,
     shared_prefix_tokens,
 )
+from tunewise.formatting import money
 
 
 def pricing_assumptions(cfg: CompareConfig) -> dict[str, Any]:
@@ -98,3 +100,56 @@ def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict
     rep["monthly_running_cost"] = c1k * cfg.monthly_queries / 1000.0 if c1k is not None else None
     rep["monthly_cost"] = monthly_cost(c1k, cfg.monthly_queries, one_off) if c1k is not None else None
     rep["monthly_cost_usd"] = rep["monthly_cost"] / rate if c1k is not None else None
+
+
+def how_priced(a: dict[str, Any]) -> str:
+    """One arm's pricing method in a few words (report.html, terminal, demo summary)."""
+    pr = a.get("pricing") or {}
+    method = pr.get("method")
+    if method == "throughput":
+        return f"throughput: {pr['queries_per_hour']:,.0f} queries/hour at concurrency {pr['concurrency']}"
+    if method == "sequential":
+        return f"sequential fallback: {pr['queries_per_hour']:,.0f} queries/hour one at a time"
+    if method == "api":
+        return "API: tokens × prices"
+    return "–"
+
+
+def assumptions_text(report: dict[str, Any]) -> str:
+    """The formulas and stated assumptions behind report.json's costs, in one paragraph."""
+    cur, pa = report["currency"], report["pricing"]
+    rate = (f"{money(pa['reviewer_hourly_rate'], cur)}/hour"
+            + (" (default; set reviewer_hourly_rate)" if pa.get("reviewer_rate_is_default") else ""))
+    return (f"Local arms: {money(report['hardware']['price_per_hour'], cur)}/hour ({report['hardware']['name']}) ÷ the "
+            "queries per hour it sustained × 1,000 — measured throughput with concurrent requests decoded together "
+            "where the arm has it, else queries answered one after another (an upper bound, noted); p50/p95 latency "
+            "is what one user waits. A prompt prefix every query shares (system prompt, fixed demonstrations) is "
+            f"prefilled once per {pa['prefix_cache_hours']:g} h of queries ({pa['queries_per_cache']:,.0f} queries), "
+            "as a serving engine's prompt cache does; API arms bill it at the provider's cached-input price when "
+            f"genai-prices has one and it reaches {API_MIN_CACHED_PREFIX_TOKENS:,} tokens. Monthly cost = cost per "
+            f"1,000 × {pa['monthly_queries']:,} queries ÷ 1,000 + one-off costs ÷ {pa['amortise_months']:g} months. "
+            "One-off costs: training (its measured time × the hourly price) and preparing the labelled examples the "
+            "arm needs (fine-tuned: its training data; few-shot: its demonstrations; RAG: the pool it retrieves "
+            f"demonstrations from) at {pa['review_minutes_per_example']:g} minutes of review each × {rate}; the eval "
+            "set is the same for every arm and not counted.")
+
+
+def pricing_lines(report: dict[str, Any]) -> list[str]:
+    """How each arm was priced and the assumptions, as plain lines (terminal and demo summary);
+    nothing for a report written before compare priced this way."""
+    if not report.get("pricing"):
+        return []
+    cur = report["currency"]
+    lines = []
+    for a in report["arms"]:
+        if a.get("status") != "ok" or not a.get("pricing"):
+            continue
+        one = a.get("one_off") or {}
+        extra = ""
+        if one.get("total"):
+            extra = (f"; one-off {money(one['total'], cur)} (training {money(one.get('training') or 0, cur)}, "
+                     f"{one.get('labelled_examples') or 0:,} examples reviewed {money(one['data_prep'], cur)}) "
+                     f"÷ {one['months']:g} months")
+        lines.append(f"{a['name']}: {how_priced(a)}{extra} → {money(a.get('monthly_cost'), cur)} a month")
+    lines.append(assumptions_text(report))
+    return lines

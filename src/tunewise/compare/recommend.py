@@ -7,14 +7,15 @@
    as one arm being better than another: a difference inside the noise, or inside the tolerance,
    is a tie.
 3. An arm that another arm beat is out. The rest are indistinguishable from one another on this
-   eval set; recommend the cheapest of them (cost per 1,000 queries; then the lower median
-   latency; then the simpler kind, prompt < few_shot < rag < finetuned < api). With more than one
+   eval set; recommend the cheapest of them (the monthly cost with the one-off costs — training,
+   labelled examples — spread over ``amortise_months`` where the report has it, else the cost per
+   1,000 queries; then the lower median latency; then the simpler kind,
+   prompt < few_shot < rag < finetuned < api). With more than one
    left the report says it was a tie, and how many held-out examples would separate the pick from
    each tied arm (:func:`tunewise.compare.stats.needed_for`).
 4. Fine-tuning *paid off* only when the recommended arm is a fine-tuned one and it beat every arm
    that needs no training. A fine-tuned pick tied with such an arm leaves the question
-   *unresolved* (``finetuning_paid_off`` None): it was picked on cost per query, which leaves out
-   its training. When the pick needs no training, fine-tuning did not pay off on this eval set.
+   *unresolved* (``finetuning_paid_off`` None): it was picked on cost, not shown to be better. When the pick needs no training, fine-tuning did not pay off on this eval set.
 5. With ``min_quality`` set and the best quality below it, the report says no arm is fit for use.
 """
 
@@ -34,9 +35,27 @@ def _cost(a: dict[str, Any]) -> float | None:
     return a["cost_per_1k_queries"] if a.get("cost_per_1k_queries") is not None else a.get("cost_per_1k_queries_usd")
 
 
-def _cost_order(a: dict[str, Any]) -> tuple:
-    cost = _cost(a)
+def _all_in(a: dict[str, Any]) -> bool:
+    """Whether the arm carries a monthly cost with its one-off costs spread in (compare's pricing)."""
+    return a.get("monthly_cost") is not None and a.get("one_off") is not None
+
+
+def _cost_order(a: dict[str, Any], monthly: bool) -> tuple:
+    """Cheapest first: with ``monthly``, the monthly cost with one-off costs (training, labelled
+    examples) spread in; else the cost per 1,000 queries."""
+    cost = a["monthly_cost"] if monthly and _all_in(a) else _cost(a)
     return (cost if cost is not None else INF, a.get("latency_p50_s") or INF, SIMPLICITY.get(a["kind"], 9))
+
+
+def cost_text(a: dict[str, Any], currency: str) -> str:
+    """``₹9.67 per 1,000 queries, ₹1,067 a month with ₹1,203 of one-off costs spread over 12 months``."""
+    text = f"{money(_cost(a), currency)} per 1,000 queries"
+    if _all_in(a):
+        one = a["one_off"]
+        text += f", {money(a['monthly_cost'], currency)} a month" + (
+            f" with {money(one['total'], currency)} of one-off costs spread over {one['months']:g} months"
+            if one.get("total") else "")
+    return text
 
 
 def compare_arms(a: dict[str, Any], b: dict[str, Any]) -> Paired | None:
@@ -74,7 +93,10 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
               min_quality: float | None = None, primary_metric: str = "quality") -> dict[str, Any]:
     """Apply the rule above to measured arms (dicts as in report.json, with per-example ``scores``)."""
     ran = [a for a in arms if a.get("status") == "ok" and a.get("quality") is not None]
-    rule = (f"cheapest arm (cost per 1,000 queries) among those no other arm beat; X beat Y when the 95% "
+    # every priced arm has a monthly cost with its one-off costs (a compare report): rank on it
+    monthly = bool(ran) and all(_all_in(a) or _cost(a) is None for a in ran)
+    cost = "monthly cost, one-off costs spread in" if monthly else "cost per 1,000 queries"
+    rule = (f"cheapest arm ({cost}) among those no other arm beat; X beat Y when the 95% "
             f"paired interval of X − Y excludes 0 and the difference exceeds the tolerance of {tolerance:.2f}; "
             "ties: lower p50 latency, then the simpler approach")
     if not ran:
@@ -95,13 +117,13 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
 
     best = max(ran, key=lambda a: a["quality"])
     best_q = best["quality"]
-    tied = sorted([a for a in ran if not beaten_by(a)], key=_cost_order)
+    tied = sorted([a for a in ran if not beaten_by(a)], key=lambda a: _cost_order(a, monthly))
     pick = tied[0]
     resolved = len(tied) == 1
     st: list[str] = []
     lat = pick.get("latency_p50_s")
     st.append(f"Use '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f}{interval_text(pick)}, "
-              f"{money(_cost(pick), currency)} per 1,000 queries"
+              f"{cost_text(pick, currency)}"
               + (f", p50 latency {lat:.2f} s." if lat is not None else "."))
     others = [a for a in ran if a is not pick]
     if resolved and others:
@@ -112,8 +134,8 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
     elif not resolved:
         names = ", ".join(f"'{a['name']}'" for a in tied[1:])
         st.append(f"Tie: '{pick['name']}' and {names} are indistinguishable on this eval set (no arm beat "
-                  f"another by more than the noise and the tolerance of {tolerance:.2f}), so the cheapest is "
-                  "recommended.")
+                  f"another by more than the noise and the tolerance of {tolerance:.2f}), so the cheapest"
+                  + (" (monthly, one-off costs included)" if _all_in(pick) else "") + " is recommended.")
         for a in sorted(tied[1:], key=lambda a: -a["quality"]):
             st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
 
@@ -170,9 +192,14 @@ def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | N
                    "needed to tell them apart")
         else:
             how = f"{p.diff:+.3f}: not more than the tolerance of {tolerance:.2f}"
-        st.append(f"Fine-tuning has not been shown to pay off: '{pick['name']}' vs '{rival['name']}' {how}. "
-                  f"'{pick['name']}' is recommended only as the cheapest per query of arms that tie; its training "
-                  "and data preparation are not in that cost.")
+        if _all_in(pick):
+            why = (f"'{pick['name']}' is recommended only as the cheapest of arms that tie, with its training and data "
+                   f"preparation ({money(pick['one_off']['total'], currency)}) spread over "
+                   f"{pick['one_off']['months']:g} months.")
+        else:
+            why = (f"'{pick['name']}' is recommended only as the cheapest per query of arms that tie; its training "
+                   "and data preparation are not in that cost.")
+        st.append(f"Fine-tuning has not been shown to pay off: '{pick['name']}' vs '{rival['name']}' {how}. {why}")
         return None, "unresolved"
     best_ft = max(ft, key=lambda a: a["quality"])
     best = max(ran, key=lambda a: a["quality"])
@@ -185,6 +212,9 @@ def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | N
     p = cmp(best_ft, pick)
     st.append(f"Fine-tuning did not pay off on this eval set: '{best_ft['name']}' ties with '{pick['name']}'"
               + (f" ({paired_text(p)})" if p else "")
-              + f", and '{pick['name']}' costs less ({money(_cost(pick), currency)} vs "
-              f"{money(_cost(best_ft), currency)} per 1,000 queries) and needs no training.")
+              + f", and '{pick['name']}' costs less ("
+              + (f"{money(pick['monthly_cost'], currency)} vs {money(best_ft['monthly_cost'], currency)} a month, "
+                 "one-off costs included" if _all_in(pick) and _all_in(best_ft) else
+                 f"{money(_cost(pick), currency)} vs {money(_cost(best_ft), currency)} per 1,000 queries")
+              + ") and needs no training.")
     return False, "did_not_pay_off"

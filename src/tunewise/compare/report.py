@@ -7,6 +7,7 @@ import base64
 from html import escape
 from typing import Any
 
+from tunewise.compare.pricing import assumptions_text, how_priced
 from tunewise.formatting import money
 
 CSS = """
@@ -60,6 +61,89 @@ def _versus(a: dict[str, Any], rec: dict[str, Any]) -> str:
             f"<br><small>{escape(c['status'])}{need}</small>")
 
 
+def _one_off(a: dict[str, Any], cur: str) -> str:
+    """The arm's one-off costs cell: total, then what it is made of."""
+    one = a.get("one_off")
+    if not one:
+        tr = a.get("training") or {}
+        return money(tr.get("cost"), cur) if tr else "–"
+    if not one["total"]:
+        return money(0, cur)
+    parts = []
+    if one.get("training"):
+        parts.append(f"training {money(one['training'], cur)}")
+    if one.get("labelled_examples"):
+        parts.append(f"{one['labelled_examples']:,} examples reviewed {money(one['data_prep'], cur)}")
+    return f"{money(one['total'], cur)}<br><small>{escape(' + '.join(parts))}</small>"
+
+
+def pricing_html(report: dict[str, Any]) -> str:
+    """How each arm was priced and the assumptions of the monthly figure (section id='pricing')."""
+    cur = report["currency"]
+    pa = report.get("pricing")
+    arms = [a for a in report["arms"] if a.get("status") == "ok"]
+    h = ["<h3 id='pricing'>How each arm was priced</h3>"]
+    if pa and any(a.get("pricing") for a in arms):
+        h.append("<table id='pricing-arms'><tr><th>arm</th><th>serving priced from</th><th>shared prompt prefix</th>"
+                 "<th>basis</th><th>one-off costs</th><th>monthly: running + one-off ÷ months</th></tr>")
+        for a in arms:
+            pr = a.get("pricing") or {}
+            one = a.get("one_off") or {}
+            run = a.get("monthly_running_cost")
+            monthly = (f"{money(run, cur)} + {money(one.get('total'), cur)} ÷ {one.get('months', 0):g} = "
+                       f"{money(a.get('monthly_cost'), cur)}" if run is not None and one else money(a.get("monthly_cost"), cur))
+            h.append(f"<tr><td>{escape(a['name'])}</td><td>{escape(how_priced(a))}</td>"
+                     f"<td class='num'>≈{pr.get('shared_prefix_tokens') or 0:,.0f} tokens</td>"
+                     f"<td><small>{escape(a.get('cost_basis') or '')}</small></td><td class='num'>{_one_off(a, cur)}</td>"
+                     f"<td class='num'>{monthly}</td></tr>")
+        h.append("</table>")
+        h.append(f"<p id='pricing-assumptions'><small>{escape(assumptions_text(report))} 1 USD = "
+                 f"{report['usd_rate']:g} {escape(cur)}.</small></p>")
+    else:
+        h.append(f"<p><small>Cost of local arms = measured seconds per query × "
+                 f"{money(report['hardware']['price_per_hour'], cur)}/hour ÷ 3600 (one query at a time). API arms: "
+                 f"token counts × prices from genai-prices. 1 USD = {report['usd_rate']:g} {escape(cur)}.</small></p>")
+    return "".join(h)
+
+
+def _engine_section(report: dict[str, Any]) -> str:
+    """Which engine answered each arm, at what precision, the parity gate's result per local model,
+    and latency (alone) against throughput (at concurrency)."""
+    eng = report.get("engine")
+    if not eng:
+        return ""
+    h = [f"<section id='engine'><h3>Inference</h3><p>Local arms: <strong>{escape(str(eng['name']))} "
+         f"{escape(str(eng['precision']))}</strong> (asked for: {escape(str(eng['requested']))})"]
+    if eng.get("concurrency"):
+        h.append(f", up to {eng['concurrency']} requests decoded together")
+    h.append(".</p>")
+    for ref, p in (eng.get("parity") or {}).items():
+        ok = p.get("passed")
+        h.append(f"<p class='{'clear' if ok else 'tie'}'>Parity {'passed' if ok else 'FAILED'}: {escape(ref)} — "
+                 f"{p['fast']} vs {p['reference']} on {p['n']} eval prompts: {p['identical']:.0%} identical "
+                 f"(min {p['tolerance']['min_identical']:.0%}), common prefix {p['mean_prefix']:.0%} "
+                 f"(min {p['tolerance']['min_prefix']:.0%}).</p>")
+    if eng.get("fell_back"):
+        h.append("<p class='tie'>A fast engine failed its parity check: every local arm answered with the "
+                 "reference engine instead.</p>")
+    local = [a for a in report["arms"] if a.get("status") == "ok" and a.get("throughput_qph")]
+    if local:
+        h.append("<table id='throughput'><tr><th>arm</th><th>engine</th><th>latency p50 / p95 s "
+                 "<small>(alone)</small></th><th>requests timed alone</th><th>throughput tokens/s</th>"
+                 "<th>queries/hour</th><th>at concurrency</th></tr>")
+        for a in local:
+            h.append(f"<tr><td>{escape(a['name'])}</td><td>{escape(a['engine'])} {escape(a['precision'])}</td>"
+                     f"<td class='num'>{a['latency_p50_s']:.2f} / {a['latency_p95_s']:.2f}</td>"
+                     f"<td class='num'>{a['latency_samples']}</td>"
+                     f"<td class='num'>{_num(a.get('throughput_tokens_per_s'), '{:,.1f}')}</td>"
+                     f"<td class='num'>{a['throughput_qph']:,.0f}</td><td class='num'>{a['throughput_concurrency']}</td></tr>")
+        h.append("</table><p><small>Latency: requests answered one at a time, alone on the engine (what one user "
+                 "waits). Throughput: the other eval inputs submitted at once; generated tokens and answered "
+                 "queries per second of wall time.</small></p>")
+    h.append("</section>")
+    return "".join(h)
+
+
 def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
     cur = report["currency"]
     rec = report["recommendation"]
@@ -93,7 +177,8 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
     for m in metric_names:
         h.append(f"<th>{escape(m)}</th>")
     h.append("<th>p50 s</th><th>p95 s</th><th>tokens in / out</th><th>stopped</th>"
-             f"<th>cost / 1k queries</th><th>monthly cost</th><th>training cost</th></tr>")
+             f"<th>cost / 1k queries</th><th>monthly cost{' <small>(one-off costs spread in)</small>' if report.get('pricing') else ''}</th>"
+             "<th>one-off costs</th></tr>")
     for a in arms:
         pick = " class='pick'" if a["name"] == rec.get("arm") else ""
         if a.get("status") != "ok":
@@ -106,22 +191,21 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
                  f"<td class='num'>{_versus(a, rec)}</td>")
         for m in metric_names:
             h.append(f"<td class='num'>{_num(a['metrics'].get(m))}{_ci((a.get('metric_intervals') or {}).get(m))}</td>")
-        tr = a.get("training") or {}
         h.append(f"<td class='num'>{a['latency_p50_s']:.2f}</td><td class='num'>{a['latency_p95_s']:.2f}</td>"
                  f"<td class='num'>{a['mean_input_tokens']:.0f} / {a['mean_output_tokens']:.0f}</td>"
                  f"<td class='num'>{a['stopped_rate'] * 100:.0f}%</td>"
                  f"<td class='num'>{money(a.get('cost_per_1k_queries'), cur)}</td>"
                  f"<td class='num'>{money(a.get('monthly_cost'), cur)}</td>"
-                 f"<td class='num'>{money(tr.get('cost'), cur) if tr else '–'}</td></tr>")
+                 f"<td class='num'>{_one_off(a, cur)}</td></tr>")
     h.append("</table></div>")
     h.append("<p><small>Intervals: 95%, per arm Wilson score (pass/fail scores) or Student t (graded scores); "
              "paired differences to the recommended arm use the same examples, an exact sign-flip test and the "
              "interval from inverting it. An arm beat another only when that interval excludes 0 and the "
              f"difference exceeds the tolerance of {report.get('quality_tolerance', 0):.2f}. See docs/compare.md."
              "</small></p>")
-    h.append(f"<p><small>Cost of local arms = measured seconds per query × {money(report['hardware']['price_per_hour'], cur)}"
-             f"/hour ÷ 3600 (one query at a time; batching serves more per hour). API arms: token counts × "
-             f"prices from genai-prices. 1 USD = {report['usd_rate']:g} {escape(cur)}.</small></p>")
+    h.append(pricing_html(report))
+
+    h.append(_engine_section(report))
 
     checks = [a for a in arms if a.get("check_rates")]
     if checks:
@@ -137,7 +221,9 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
         h.append("</table>")
 
     h.append("<h2>Charts</h2><div class='charts'>")
-    h.append(_img(charts.get("quality_vs_cost"), "Quality vs cost per 1,000 queries (error bars: 95% intervals)",
+    cost_axis = (f"monthly cost ({report['pricing']['monthly_queries']:,} queries, one-off costs spread over "
+                 f"{report['pricing']['amortise_months']:g} months)" if report.get("pricing") else "cost per 1,000 queries")
+    h.append(_img(charts.get("quality_vs_cost"), f"Quality vs {cost_axis} (error bars: 95% intervals)",
                   "chart-quality-cost"))
     h.append(_img(charts.get("metrics"), "Quality metrics per arm (error bars: 95% intervals)", "chart-metrics"))
     h.append(_img(charts.get("latency"), "Latency per query (p50, p95)", "chart-latency"))
