@@ -202,7 +202,8 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
         assert pr["queries_per_hour"] == pytest.approx(3600 / (p["seconds_per_query"] - pr["prefix_seconds_saved"]))
         assert any("priced from sequential latency" in n for n in p["notes"])
     else:
-        assert pr["queries_per_hour"] == pytest.approx(p["throughput_qph"]) and pr["concurrency"] >= 1
+        assert pr["queries_per_hour"] == pytest.approx(3600 / (3600 / p["throughput_qph"] - pr["prefix_seconds_saved"]))
+        assert pr["concurrency"] == p["throughput_concurrency"]
     assert pr["shared_prefix_tokens"] > 0 and "shared prompt prefix" in p["cost_basis"]  # "Answer briefly."
     assert p["cost_per_1k_queries_usd"] == pytest.approx(p["cost_per_1k_queries"] / 90.0)
     # monthly = running + one-off costs / 12 months: the prompt arm has none, few-shot labelled its 2
