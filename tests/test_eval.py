@@ -1,5 +1,6 @@
 """`tunewise eval`: metrics, task checks, loss, the LLM judge (against a local fake
-OpenAI-compatible server) and the CLI, on the tiny random model."""
+OpenAI-compatible server) and the CLI, on the tiny random model with the HF reference engine
+(llama.cpp: tests/test_compare_engines.py)."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_eval_file_errors_are_clear(tmp_path):
 def test_evaluate_tiny_model_end_to_end(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "outputs.jsonl"
     rep = evaluate(str(tiny_model_dir), eval_file, checks={"required_phrases": ["Paris"]},
-                   max_new_tokens=6, outputs_path=out, progress=False)
+                   max_new_tokens=6, outputs_path=out, progress=False, engine="hf")
     assert rep.n_examples == 2
     for m in ("exact_match", "rouge_l", "chrf", "checks", "loss", "perplexity"):
         assert m in rep.metrics, m
@@ -167,7 +168,7 @@ def test_judge_against_fake_openai_server(tiny_model_dir, eval_file, monkeypatch
         judge = JudgeConfig(base_url=fake.base_url, model="judge-1", api_key_env="TW_TEST_JUDGE_KEY",
                             rubric="Correct and concise.")
         assert judge_note(judge) is None
-        rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=4, progress=False)
+        rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=4, progress=False, engine="hf")
     assert rep.metrics["judge"] == pytest.approx(0.75)  # (4 - 1) / (5 - 1)
     assert len(fake.requests) == 2
     req = fake.requests[0]
@@ -180,13 +181,13 @@ def test_judge_against_fake_openai_server(tiny_model_dir, eval_file, monkeypatch
 def test_judge_skipped_without_key_and_stops_on_http_error(tiny_model_dir, eval_file, monkeypatch):
     monkeypatch.delenv("TW_TEST_JUDGE_KEY", raising=False)
     judge = JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="TW_TEST_JUDGE_KEY", rubric="r")
-    rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=2, progress=False)
+    rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=2, progress=False, engine="hf")
     assert "judge" not in rep.metrics
     assert any("TW_TEST_JUDGE_KEY is not set" in n for n in rep.notes)
     monkeypatch.setenv("TW_TEST_JUDGE_KEY", "wrong")
     with FakeOpenAI(status=401) as fake:
         judge = JudgeConfig(base_url=fake.base_url, model="m", api_key_env="TW_TEST_JUDGE_KEY", rubric="r")
-        rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=2, progress=False)
+        rep = evaluate(str(tiny_model_dir), eval_file, metrics=["judge"], judge=judge, max_new_tokens=2, progress=False, engine="hf")
     assert len(fake.requests) == 1  # stopped after the first failure, did not hammer the endpoint
     assert any("HTTP 401" in n for n in rep.notes)
 
@@ -211,7 +212,7 @@ def test_cli_eval_json_and_config(tiny_model_dir, eval_file, tmp_path, capsys, m
     cfg = tmp_path / "eval.yaml"
     cfg.write_text("kind: eval\nmax_new_tokens: 3\nchecks:\n  required_phrases: [Paris]\n")
     code, out, err = run_cli(["eval", "--model", str(tiny_model_dir), "--data", str(eval_file),
-                              "--config", str(cfg), "--metrics", "rouge_l,checks", "--json"], capsys)
+                              "--config", str(cfg), "--metrics", "rouge_l,checks", "--json", "--engine", "hf"], capsys)
     assert code in (0, None), err
     summary = json.loads(out)
     assert set(summary["metrics"]) >= {"rouge_l", "checks"} and "loss" not in summary["metrics"]

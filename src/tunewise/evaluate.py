@@ -12,12 +12,9 @@ import json
 import math
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -100,6 +97,15 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest generated answer.")
     sequence_len: int = Field(2048, ge=16, description="Truncation length for the loss computation.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
+    engine: Literal["auto", "hf", "llama.cpp"] = Field(
+        "auto", description="Inference engine: auto (llama.cpp when installed, else hf), hf (the reference) or llama.cpp.")
+    precision: str = Field("auto", description="llama.cpp: GGUF type (auto = f16, f32, bf16, q8_0); hf: auto/fp32/bf16.")
+    n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")
+    latency_samples: int = Field(5, ge=0, le=1000, description=(
+        "Requests answered alone first, for latency at concurrency 1; the rest go at once (throughput)."))
+    parity_prompts: int = Field(4, ge=1, le=64, description="Eval prompts the fast engine is checked on against the reference.")
+    on_parity_failure: Literal["fallback", "stop"] = Field(
+        "fallback", description="When the fast engine fails the parity check: answer with the reference, or stop.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,54 +295,8 @@ def run_checks(output: str, checks: TaskChecks, prompt: str = "", must_include: 
 
 
 # ---------------------------------------------------------------------------------------------
-# OpenAI-compatible client (judge and API arms); stdlib only
+# LLM judge (any OpenAI-compatible endpoint, through tunewise.infer.OpenAIEngine)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChatResult:
-    text: str
-    input_tokens: int
-    output_tokens: int
-    stopped: bool
-    seconds: float
-
-
-def openai_chat(base_url: str, model: str, messages: list[dict], api_key: str,
-                max_tokens: int = 256, temperature: float = 0.0, timeout_s: float = 60.0) -> ChatResult:
-    """One /chat/completions request. Raises TunewiseError with the endpoint's message on failure."""
-    url = base_url.rstrip("/") + "/chat/completions"
-    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens,
-                       "temperature": temperature}).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
-    start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            data = json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode("utf-8", "replace")[:300]
-        raise TunewiseError(f"{url} answered HTTP {e.code}: {detail}",
-                            "check base_url, the model name and the API key") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TunewiseError(f"cannot reach {url}: {reason}", "check base_url and the network") from None
-    except json.JSONDecodeError:
-        raise TunewiseError(f"{url} did not answer JSON", "is base_url an OpenAI-compatible API?") from None
-    seconds = time.perf_counter() - start
-    try:
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError):
-        raise TunewiseError(f"{url} answered without choices[0].message", "is it OpenAI-compatible?") from None
-    usage = data.get("usage") or {}
-    return ChatResult(
-        text=text.strip(),
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-        stopped=choice.get("finish_reason") in ("stop", "eos", None),
-        seconds=seconds,
-    )
 
 
 _JUDGE_SYSTEM = (
@@ -355,24 +315,43 @@ def judge_note(judge: JudgeConfig | None) -> str | None:
     return None
 
 
-def judge_answer(judge: JudgeConfig, question: str, answer: str, reference: str | None) -> tuple[float, str]:
-    """Ask the judge; returns (score in 0..1, the judge's reply)."""
-    key = os.environ.get(judge.api_key_env, "")
+def judge_request(judge: JudgeConfig, question: str, answer: str, reference: str | None):
+    """The judge's conversation for one answer (greedy, short)."""
+    from tunewise.infer.types import Request
+
     user = f"RUBRIC:\n{judge.rubric}\n\nQUESTION:\n{question}\n\n"
     if reference:
         user += f"REFERENCE:\n{reference}\n\n"
     user += f"ANSWER:\n{answer}"
-    res = openai_chat(judge.base_url, judge.model,
-                      [{"role": "system", "content": _JUDGE_SYSTEM.format(max=judge.max_score)},
-                       {"role": "user", "content": user}],
-                      api_key=key, max_tokens=100, timeout_s=judge.timeout_s)
-    m = re.search(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", res.text, flags=re.I) or re.search(r"\d+(?:\.\d+)?", res.text)
+    return Request([{"role": "system", "content": _JUDGE_SYSTEM.format(max=judge.max_score)},
+                    {"role": "user", "content": user}], max_tokens=100)
+
+
+def judge_score(judge: JudgeConfig, reply: str) -> float:
+    """The judge's reply as a score in 0..1."""
+    m = re.search(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", reply, flags=re.I) or re.search(r"\d+(?:\.\d+)?", reply)
     if not m:
-        raise TunewiseError(f"the judge's reply has no score: {res.text[:120]!r}",
+        raise TunewiseError(f"the judge's reply has no score: {reply[:120]!r}",
                             "use a judge model that follows instructions")
     raw = float(m.group(1) if m.lastindex else m.group(0))
     raw = min(max(raw, 1.0), float(judge.max_score))
-    return (raw - 1.0) / (judge.max_score - 1.0), res.text
+    return (raw - 1.0) / (judge.max_score - 1.0)
+
+
+def judge_answers(judge: JudgeConfig, items: list[tuple[str, str, str | None]]) -> list[tuple[float, str]]:
+    """Ask the judge about every (question, answer, reference); returns (score in 0..1, the judge's
+    reply) for each. The first request goes alone, so a wrong key or URL costs one request; the
+    rest go at once (a few in flight; 429/5xx retried with backoff). Any error raises."""
+    from tunewise.infer.openai import OpenAIEngine
+
+    eng = OpenAIEngine(judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
+                       timeout_s=judge.timeout_s)
+    try:
+        reqs = [judge_request(judge, q, a, r) for q, a, r in items]
+        replies = eng.generate(reqs[:1]) + eng.generate(reqs[1:]) if reqs else []
+    finally:
+        eng.close()
+    return [(judge_score(judge, c.text), c.text) for c in replies]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +440,9 @@ class EvalReport:
     notes: list[str]
     examples: list[ExampleResult]
     outputs_path: str | None = None
+    engine: str = ""  # "llama.cpp f16", "hf fp32", ...
+    parity: dict[str, Any] | None = None  # the parity gate's report (None: the reference engine ran)
+    throughput: dict[str, Any] = field(default_factory=dict)  # RunStats.to_dict()
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -480,39 +462,14 @@ def default_metrics(examples: list[EvalExample], checks: TaskChecks | None, judg
 
 
 
-def generate_all(model, tokenizer, examples: list[EvalExample],
-                 build_messages: Callable[[EvalExample], list[dict]] | None = None,
-                 max_new_tokens: int = 256, label: str = "generating", progress: bool = True) -> list[Any]:
-    """Greedy answers for every example, with progress (a bar, or plain lines in a log: tokens/s, ETA)."""
-    from tunewise.generate import generate
-    from tunewise.progress import progress as progress_task
-
-    build = build_messages or (lambda ex: ex.messages)
-    outs = []
-    with progress_task(label, len(examples), unit="example", enabled=progress, transient=True) as prog:
-        produced, spent = 0, 0.0
-        for ex in examples:
-            g = generate(model, tokenizer, build(ex), max_new_tokens=max_new_tokens)
-            outs.append(g)
-            produced += g.output_tokens
-            spent += g.seconds
-            prog.update(advance=1, tps=tokens_per_second_text(produced, spent))
-    return outs
-
-
-def tokens_per_second_text(tokens: int, seconds: float) -> str:
-    """``"41 tok/s"`` for a progress display (empty before anything was timed)."""
-    return f"{tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
-
-
 def score_answers(examples: list[EvalExample], answers: list[Any], metrics: list[str],
                   checks: TaskChecks | None = None, judge: JudgeConfig | None = None,
                   extra_latency: list[float] | None = None) -> tuple[list[ExampleResult], dict[str, float], dict[str, float], list[str]]:
     """Score generated answers: (per-example results, averaged metrics, check pass rates, notes).
 
-    ``answers`` are objects with text, input_tokens, output_tokens, stopped, seconds (a
-    :class:`tunewise.generate.Generation` or :class:`ChatResult`); ``extra_latency`` adds per-query
-    seconds spent outside generation (retrieval) to the latency.
+    ``answers`` are :class:`tunewise.infer.Completion` s (text, input_tokens, output_tokens,
+    stopped, seconds); ``extra_latency`` adds per-query seconds spent outside generation
+    (retrieval) to the latency.
     """
     notes: list[str] = []
     want = set(metrics)
@@ -530,7 +487,6 @@ def score_answers(examples: list[EvalExample], answers: list[Any], metrics: list
         notes.append("task checks skipped: none declared in the config")
     fns = {"exact_match": exact_match, "rouge_l": rouge_l, "chrf": chrf}
     results: list[ExampleResult] = []
-    judge_failed = False
     for i, (ex, ans) in enumerate(zip(examples, answers)):
         lat = ans.seconds + (extra_latency[i] if extra_latency else 0.0)
         r = ExampleResult(id=ex.id, question=ex.question, reference=ex.reference, output=ans.text,
@@ -545,13 +501,15 @@ def score_answers(examples: list[EvalExample], answers: list[Any], metrics: list
             if r.checks:
                 r.scores["checks"] = sum(r.checks.values()) / len(r.checks)
                 r.scores["checks_all"] = float(all(r.checks.values()))
-        if judge_on and not judge_failed:
-            try:
-                r.scores["judge"], r.judge_reply = judge_answer(judge, ex.question, ans.text, ex.reference)
-            except TunewiseError as e:
-                judge_failed = True
-                notes.append(f"LLM judge stopped after an error: {e.message}")
         results.append(r)
+    if judge_on and results:
+        try:
+            verdicts = judge_answers(judge, [(r.question, r.output, r.reference) for r in results])
+        except TunewiseError as e:
+            notes.append(f"LLM judge stopped after an error: {e.message}")
+        else:
+            for r, (score, reply) in zip(results, verdicts):
+                r.scores["judge"], r.judge_reply = score, reply
     summary: dict[str, float] = {}
     keys = sorted({k for r in results for k in r.scores})
     for k in keys:
@@ -569,8 +527,11 @@ def score_answers(examples: list[EvalExample], answers: list[Any], metrics: list
 
 
 def build_report(model_name: str, results: list[ExampleResult], summary: dict[str, float],
-                 rates: dict[str, float], notes: list[str]) -> EvalReport:
-    lat = [r.latency_s for r in results] or [0.0]
+                 rates: dict[str, float], notes: list[str], latency_of: list[int] | None = None) -> EvalReport:
+    """``latency_of``: the results whose latency counts (those answered alone, at concurrency 1;
+    default all)."""
+    picked = results if latency_of is None else [results[i] for i in latency_of]
+    lat = [r.latency_s for r in picked] or [0.0]
     n = max(len(results), 1)
     return EvalReport(
         model=model_name,
@@ -609,9 +570,23 @@ def evaluate(
     data_format: str = "auto",
     mapping: dict | None = None,
     progress: bool = True,
+    engine: str = "auto",
+    precision: str = "auto",
+    n_parallel: int | None = None,
+    latency_samples: int = 5,
+    parity_prompts: int = 4,
+    on_parity_failure: str = "fallback",
 ) -> EvalReport:
-    """Evaluate ``model`` (embedded name, HF dir, .gguf or run directory) on held-out data."""
-    from tunewise.models import load_model, load_tokenizer
+    """Evaluate ``model`` (embedded name, HF dir, .gguf or run directory) on held-out data.
+
+    Every answer is generated by ``engine`` (see :mod:`tunewise.infer.run`): all requests at once
+    after ``latency_samples`` answered alone; the fast engine first passes the parity gate against
+    the HF reference on ``parity_prompts`` of the eval prompts. Loss is computed by the reference.
+    """
+    from tunewise.infer.hf import HFEngine
+    from tunewise.infer.run import ctx_for, open_checked, progress_callback, resolve_engine, run_all
+    from tunewise.infer.types import Request
+    from tunewise.models import load_tokenizer
 
     if data is None:
         raise TunewiseError("no eval data given", "pass --data EVAL_FILE (or eval_file in the config)")
@@ -629,23 +604,50 @@ def evaluate(
     if bad:
         raise TunewiseError(f"unknown metric(s): {', '.join(bad)}", f"use any of: {', '.join(ALL_METRICS)}")
 
-    tok = load_tokenizer(model)
-    mdl = load_model(model, merge_adapter=True)  # served as deployed: adapter merged
-
     def build(ex: EvalExample) -> list[dict]:
         if system_prompt and not any(m["role"] == "system" for m in ex.messages):
             return [{"role": "system", "content": system_prompt}, *ex.messages]
         return ex.messages
 
-    answers = generate_all(mdl, tok, examples, build, max_new_tokens=max_new_tokens, progress=progress)
-    results, summary, rates, notes = score_answers(examples, answers, chosen, checks, judge)
+    requests = [Request(build(ex), max_tokens=max_new_tokens) for ex in examples]
+    name = resolve_engine(engine)
+    refs: list[HFEngine] = []
+
+    def reference() -> HFEngine:  # the exact reference: fp32 beside a fast engine, else as asked
+        if not refs:
+            refs.append(HFEngine(str(model), precision=precision if name == "hf" else "fp32"))
+        return refs[0]
+
+    ctx = ctx_for(load_tokenizer(str(model)), [r.messages for r in requests], max_new_tokens) if name != "hf" else None
+    checked = open_checked(str(model), name, precision, reference, requests[:parity_prompts], on_parity_failure,
+                           n_parallel=n_parallel, ctx_per_request=ctx)
+    notes = list(checked.notes)
+    loss = None
     if "loss" in chosen:
-        lo = response_loss(mdl, tok, examples, sequence_len)
-        if lo is None:
+        ref = reference()
+        loss = response_loss(ref.hf_model, ref.tokenizer, examples, sequence_len)
+    if refs and checked.engine is not refs[0]:
+        refs[0].close()  # answering runs on the fast engine: free the reference's memory
+    eng = checked.engine
+    try:
+        from tunewise.progress import progress as progress_task
+
+        with progress_task(f"generating ({eng.name} {eng.precision})", len(requests), unit="example",
+                           enabled=progress, transient=True) as prog:
+            answers, stats = run_all(eng, requests, latency_samples, on_result=progress_callback(prog))
+    finally:
+        eng.close()
+    results, summary, rates, score_notes = score_answers(examples, answers, chosen, checks, judge)
+    notes.extend(score_notes)
+    if "loss" in chosen:
+        if loss is None:
             notes.append("loss skipped: no reference answers to score")
         else:
-            summary.update(lo)
-    report = build_report(str(model), results, summary, rates, notes)
+            summary.update(loss)
+    report = build_report(str(model), results, summary, rates, notes, latency_of=stats.sequential)
+    report.engine = f"{eng.name} {eng.precision}"
+    report.parity = checked.parity.to_dict() if checked.parity is not None else None
+    report.throughput = stats.to_dict()
     if outputs_path:
         report.outputs_path = str(write_outputs(results, outputs_path))
     return report

@@ -59,46 +59,65 @@ def chat_cmd(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
-    quantization: Optional[str] = typer.Option(None, "--quantization", help="Load the weights in 4bit or 8bit."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="hf engine: load the weights in 4bit or 8bit."),
+    engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed, else hf), hf or llama.cpp."),
+    precision: str = typer.Option("auto", "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
 ) -> None:
-    """Chat with a model, streaming tokens. Interactive unless --prompt is given.
+    """Chat with a model, streaming tokens from the inference engine. Interactive unless --prompt is given.
 
     Example: [bold]tunewise chat smollm2-135m --prompt "What is the capital of France?"[/]
     """
     import sys
 
-    from tunewise.generate import generate
-    from tunewise.models import load_model, load_tokenizer
+    from tunewise.errors import TunewiseError
+    from tunewise.infer import Request, open_engine
+    from tunewise.infer.run import resolve_engine
 
-    tok = load_tokenizer(model)
-    mdl = load_model(model, quantization=quantization)
+    name = resolve_engine(engine)
+    if quantization:
+        if engine == "llama.cpp":
+            raise TunewiseError("--quantization loads weights for the hf engine, not llama.cpp",
+                                "use --precision q8_0 with llama.cpp, or --engine hf with --quantization")
+        from tunewise.infer.hf import HFEngine
+        from tunewise.models import load_model, load_tokenizer
+
+        eng = HFEngine.from_loaded(load_model(model, quantization=quantization), load_tokenizer(model), model)
+    else:
+        eng = open_engine(model, engine=name, precision=precision, **({"n_parallel": 1} if name == "llama.cpp" else {}))
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-
-    def emit(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
 
     def turn(user: str) -> None:
         messages.append({"role": "user", "content": user})
-        out = generate(mdl, tok, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=emit)
+        out = None
+        for piece in eng.stream(Request(list(messages), max_tokens=max_new_tokens, temperature=temperature)):
+            if isinstance(piece, str):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            else:
+                out = piece
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": out.text})
         tps = out.output_tokens / out.seconds if out.seconds > 0 else 0.0
         note = "" if out.stopped else " (cut at --max-new-tokens)"
-        Console(stderr=True).print(f"[dim]{out.output_tokens} tokens, {tps:.1f} tokens/s{note}[/]")
+        Console(stderr=True).print(f"[dim]{out.output_tokens} tokens, {tps:.1f} tokens/s, "
+                                   f"{eng.name} {eng.precision}{note}[/]")
 
-    if prompt is not None:
-        turn(prompt)
-        return
-    console.print("[dim]Chatting with[/] " + str(model) + "[dim] — empty line or Ctrl-D to quit.[/]")
-    while True:
-        try:
-            user = input(">>> ")
-        except EOFError:
-            break
-        if not user.strip():
-            break
-        turn(user)
+    try:
+        if prompt is not None:
+            turn(prompt)
+            return
+        console.print("[dim]Chatting with[/] " + str(model) + f"[dim] ({eng.name} {eng.precision}) — empty line or "
+                      "Ctrl-D to quit.[/]")
+        while True:
+            try:
+                user = input(">>> ")
+            except EOFError:
+                break
+            if not user.strip():
+                break
+            turn(user)
+    finally:
+        eng.close()
 
 
 @config_app.command("validate")

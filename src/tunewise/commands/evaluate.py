@@ -23,6 +23,8 @@ def eval_cmd(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest generated answer."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", "-o", help="Per-example JSONL (default: eval-outputs.jsonl)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="auto (llama.cpp when installed), hf or llama.cpp."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Evaluate a model: loss/perplexity, exact match, ROUGE-L, chrF, task checks, judge, latency.
@@ -43,7 +45,10 @@ def eval_cmd(
     rep = evaluate(model, data_path, metrics=chosen, checks=cfg.checks, judge=cfg.judge,
                    system_prompt=cfg.system_prompt, max_new_tokens=max_new_tokens or cfg.max_new_tokens,
                    sequence_len=cfg.sequence_len, limit=limit or cfg.limit, outputs_path=out,
-                   data_format=cfg.eval_format, mapping=cfg.mapping, progress=not as_json)
+                   data_format=cfg.eval_format, mapping=cfg.mapping, progress=not as_json,
+                   engine=engine or cfg.engine, precision=precision or cfg.precision, n_parallel=cfg.n_parallel,
+                   latency_samples=cfg.latency_samples, parity_prompts=cfg.parity_prompts,
+                   on_parity_failure=cfg.on_parity_failure)
     if as_json:
         print(json.dumps(rep.summary(), indent=2, ensure_ascii=False))
         return
@@ -54,12 +59,19 @@ def eval_cmd(
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     for k, v in rep.check_rates.items():
         t.add_row(f"check: {k}", f"{v * 100:.0f}%")
-    t.add_row("latency p50 / p95", f"{rep.latency_p50_s:.2f} s / {rep.latency_p95_s:.2f} s")
+    th = rep.throughput
+    t.add_row("engine", rep.engine)
+    t.add_row(f"latency p50 / p95 (alone, {th['latency_samples']} requests)",
+              f"{rep.latency_p50_s:.2f} s / {rep.latency_p95_s:.2f} s")
+    if th.get("throughput_qph"):
+        t.add_row(f"throughput ({th['throughput_concurrency']} at once)",
+                  f"{th['throughput_tokens_per_s']:.1f} tokens/s · {th['throughput_qph']:,.0f} queries/hour")
     t.add_row("tokens in / out (mean)", f"{rep.mean_input_tokens:.0f} / {rep.mean_output_tokens:.0f}")
     t.add_row("stopped by itself", f"{rep.stopped_rate * 100:.0f}%")
     console.print(t)
     for n in rep.notes:
-        console.print(f"[yellow]note:[/] {n}", highlight=False)
+        loud = "PARITY FAILED" in n
+        console.print(f"[{'bold red' if loud else 'yellow'}]note:[/] {n}", highlight=False, soft_wrap=True)
     console.print(f"Per-example outputs: {rep.outputs_path}", highlight=False, soft_wrap=True)
 
 
@@ -109,6 +121,7 @@ def print_compare_summary(report: dict, html_path: Path) -> None:
         t.add_row(a["name"], q, vs, f"{a['latency_p50_s']:.2f}", f"{a['mean_input_tokens']:.0f}/{a['mean_output_tokens']:.0f}",
                   money(a.get("cost_per_1k_queries"), cur), money(a.get("monthly_cost"), cur), style=style)
     console.print(t)
+    print_engine_lines(report)
     from tunewise.compare.pricing import pricing_lines
 
     for line in pricing_lines(report):  # how each arm was priced, then the formulas and assumptions
@@ -119,6 +132,28 @@ def print_compare_summary(report: dict, html_path: Path) -> None:
     for s in rec["statements"]:
         console.print(f"[bold]→[/] {s}", highlight=False)
     console.print(f"Report: {html_path}", highlight=False, soft_wrap=True)
+
+
+def print_engine_lines(report: dict) -> None:
+    """The engine of the local arms, the parity gate per model, latency alone vs throughput."""
+    eng = report.get("engine")
+    if not eng:
+        return
+    conc = f", {eng['concurrency']} at once" if (eng.get("concurrency") or 1) > 1 else ""
+    console.print(f"Engine of the local arms: [bold]{eng['name']} {eng['precision']}[/]{conc}", highlight=False)
+    for ref, p in (eng.get("parity") or {}).items():
+        style = "green" if p["passed"] else "bold red"
+        console.print(f"  [{style}]parity {'passed' if p['passed'] else 'FAILED'}[/]: {ref}: {p['identical']:.0%} "
+                      f"identical (min {p['tolerance']['min_identical']:.0%}), common prefix {p['mean_prefix']:.0%} "
+                      f"on {p['n']} eval prompts", highlight=False, soft_wrap=True)
+    if eng.get("fell_back"):
+        console.print("  [bold red]a fast engine failed its parity check: every local arm answered with the "
+                      "reference engine[/]", highlight=False)
+    for a in report["arms"]:
+        if a.get("status") == "ok" and a.get("throughput_qph"):
+            console.print(f"  {a['name']}: p50 {a['latency_p50_s']:.2f} s alone ({a['latency_samples']} timed) · "
+                          f"{a['throughput_tokens_per_s']:,.1f} tokens/s, {a['throughput_qph']:,.0f} queries/hour at "
+                          f"{a['throughput_concurrency']} at once", highlight=False)
 
 
 def demo_cmd(

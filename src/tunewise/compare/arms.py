@@ -1,16 +1,14 @@
 """Arms of a comparison: each turns an eval example into the messages a model sees (zero-shot,
-with demonstrations, with retrieved context) and answers it, timing everything it does per query."""
+with demonstrations, with retrieved context); an engine (tunewise.infer) answers them."""
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
-from tunewise.evaluate import ChatResult, EvalExample, openai_chat
+from tunewise.evaluate import EvalExample
 from tunewise.train.run_dir import result_dir
 
 
@@ -60,7 +58,7 @@ def context_block(chunks: list[Any]) -> str:
 
 @dataclass
 class Arm:
-    """One arm ready to answer: ``build`` makes the messages, ``answer`` produces a timed answer."""
+    """One arm ready to answer: ``build`` makes the messages an engine answers."""
 
     name: str
     kind: str
@@ -102,14 +100,11 @@ class Arm:
 
 @dataclass
 class ApiArm(Arm):
+    """An arm answered by an OpenAI-compatible endpoint (through tunewise.infer.OpenAIEngine)."""
+
     base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
-    max_new_tokens: int = 256
-
-    def call(self, messages: list[dict]) -> ChatResult:
-        return openai_chat(self.base_url, self.model_ref, messages, os.environ.get(self.api_key_env, ""),
-                           max_tokens=self.max_new_tokens, timeout_s=self.timeout_s)
 
 
 def check_run_dir(path: str, where: str) -> Path:
@@ -122,9 +117,3 @@ def check_run_dir(path: str, where: str) -> Path:
         raise TunewiseError(f"{where}: {p} is not a finished tunewise run (no adapter/ or model/ inside)",
                             "point run: at the output_dir of a completed `tunewise train`")
     return p
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

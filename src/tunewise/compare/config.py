@@ -110,6 +110,17 @@ class CompareConfig(Strict):
     checks: TaskChecks = Field(default_factory=TaskChecks, description="Task checks on every answer.")
     judge: JudgeConfig | None = Field(None, description="Optional LLM-as-judge.")
     hardware: Hardware = Field(default_factory=Hardware, description="Where local arms run and its hourly price.")
+    engine: Literal["auto", "hf", "llama.cpp"] = Field("auto", description=(
+        "Engine of every local arm: auto (llama.cpp when installed, else hf), hf (the reference) or llama.cpp."))
+    precision: str = Field("auto", description=(
+        "Precision of every local arm: llama.cpp GGUF type (auto = f16, f32, bf16, q8_0) or hf (auto, fp32, bf16)."))
+    n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")
+    latency_samples: int = Field(5, ge=0, le=1000, description=(
+        "Per local arm, eval inputs answered alone first (latency at concurrency 1); the rest go at once (throughput)."))
+    parity_prompts: int = Field(4, ge=1, le=64, description=(
+        "Eval prompts each local model is checked on against the HF reference before the fast engine is trusted."))
+    on_parity_failure: Literal["fallback", "stop"] = Field("fallback", description=(
+        "When a model fails the parity check: every local arm answers with the reference engine (fallback), or stop."))
     currency: Literal["INR", "USD"] = Field("INR", description="Currency of hardware.price_per_hour and the report.")
     usd_rate: float | None = Field(None, gt=0, description="Units of `currency` per USD (default: the shipped fx table).")
     monthly_queries: int = Field(100_000, ge=0, description="Queries per month, for the monthly cost.")

@@ -30,11 +30,13 @@ from tunewise.evaluate import (
     load_eval_set,
     response_loss,
     score_answers,
-    tokens_per_second_text,
     write_outputs,
 )
+from tunewise.infer.run import Checked, concurrency_of, ctx_for, open_checked, progress_callback, resolve_engine, run_all
+from tunewise.infer.types import Request
 from tunewise.formatting import money
 from tunewise.paths import atomic_write_bytes, atomic_write_text
+from tunewise.progress import progress
 from tunewise.tables import usd_rate
 from tunewise.train.run_dir import is_finished, read_summary
 
@@ -89,26 +91,6 @@ def _console(quiet: bool):
     from rich.console import Console
 
     return Console(stderr=True, quiet=quiet)
-
-
-class _Models:
-    """Loads each model reference once and frees it when asked."""
-
-    def __init__(self):
-        self.cache: dict[str, tuple[Any, Any]] = {}
-
-    def get(self, ref: str):
-        if ref not in self.cache:
-            from tunewise.models import load_model, load_tokenizer
-
-            # A fine-tuned run is served as it would be deployed: adapter merged into the weights
-            # (same outputs up to rounding, no per-token adapter matmuls).
-            self.cache[ref] = (load_model(ref, merge_adapter=True), load_tokenizer(ref))
-        return self.cache[ref]
-
-    def drop(self, ref: str) -> None:
-        self.cache.pop(ref, None)
-        gc.collect()
 
 
 def _train_arm(cfg: CompareConfig, arm, out: Path, con) -> Path:
@@ -179,6 +161,154 @@ def _prepare(cfg: CompareConfig, out: Path, con) -> tuple[list[EvalExample], dic
     return examples, pools, skips
 
 
+def _setup_arm(cfg: CompareConfig, arm_cfg, out: Path, con, pools: dict[str, list], rep: dict[str, Any],
+               loss_curves: dict[str, list]) -> Arm:
+    """The arm ready to build its prompts: its system prompt, demonstrations, index, trained run."""
+    name, kind = arm_cfg.name, arm_cfg.type
+    system = arm_cfg.system_prompt if arm_cfg.system_prompt is not None else (
+        None if kind == "finetuned" else cfg.system_prompt)
+    if kind == "api":
+        return ApiRunner(name=name, kind=kind, model_ref=arm_cfg.model, system_prompt=system,
+                         base_url=arm_cfg.base_url, api_key_env=arm_cfg.api_key_env, timeout_s=arm_cfg.timeout_s)
+    ref = cfg.base_model
+    if kind == "finetuned":
+        run_dir = Path(arm_cfg.run) if arm_cfg.run else _train_arm(cfg, arm_cfg, out, con)
+        ref = str(run_dir)
+        info = read_summary(run_dir)
+        loss_curves[name] = info["loss_curve"]
+        s = info.get("summary") or {}
+        secs = s.get("seconds")
+        rep["training"] = {
+            "run_dir": str(run_dir), "seconds": secs, "steps": s.get("steps"),
+            "final_loss": s.get("final_loss"), "eval_loss": s.get("eval_loss"),
+            "cost": local_cost_per_1k(secs, cfg.hardware.price_per_hour) / 1000.0 if secs else None,
+        }
+    runner = Arm(name=name, kind=kind, model_ref=ref, system_prompt=system)
+    if kind == "few_shot":
+        src = arm_cfg.examples_file or cfg.train_file
+        runner.demos = pools[src][: arm_cfg.k]
+    if kind == "rag":
+        runner.k, runner.mode, runner.examples_k = arm_cfg.k, arm_cfg.mode, arm_cfg.examples_k
+        if arm_cfg.examples_k:
+            runner.pool = pools[arm_cfg.examples_file or cfg.train_file]
+        if arm_cfg.docs:
+            from tunewise.rag import RagIndex
+
+            idx_dir = Path(arm_cfg.index_dir) if arm_cfg.index_dir else out / f"index-{name}"
+            runner.index = RagIndex.build(arm_cfg.docs, index_dir=idx_dir, progress=not con.quiet)
+    return runner
+
+
+@dataclass
+class _Built:
+    """An arm's prompts for every eval example, with the time building each took (retrieval)."""
+
+    messages: list[list[dict]]
+    seconds: list[float]
+    extras: list[dict[str, Any]]
+
+
+def _build_all(runner: Arm, examples: list[EvalExample]) -> _Built:
+    # Warm-up outside the timing: the first call loads the embedder and embeds the example pool,
+    # which a served RAG system has long done.
+    runner.build(examples[0])
+    built = _Built([], [], [])
+    for ex in examples:
+        t0 = time.perf_counter()
+        messages, extra = runner.build(ex)
+        built.seconds.append(time.perf_counter() - t0)
+        built.messages.append(messages)
+        built.extras.append(extra)
+    return built
+
+
+class _LocalEngines:
+    """One engine per local model, every one of the same kind and precision (all llama.cpp f16, or
+    all the HF reference), each fast one checked against the reference first (the parity gate).
+
+    When any model fails the gate and ``on_parity_failure`` is "fallback", every local arm answers
+    with the reference, so that no arm of the comparison runs on another engine than the others.
+    """
+
+    def __init__(self, cfg: CompareConfig, con):
+        self.cfg, self.con = cfg, con
+        self.name = resolve_engine(cfg.engine)
+        self.checked: dict[str, Checked] = {}
+        self.refs: dict[str, Any] = {}
+        self.params: dict[str, int] = {}
+        self.losses: dict[str, dict | None] = {}
+        self.notes: list[str] = []
+        self.fell_back = False
+
+    def _reference(self, ref: str):
+        """The HF engine for ``ref``: the exact reference (fp32, adapter unmerged) beside a fast
+        engine; as deployed (adapter merged, the configured precision) when hf answers itself."""
+        from tunewise.infer.hf import HFEngine
+        from tunewise.models import load_model, load_tokenizer, resolve_dtype
+
+        if ref not in self.refs:
+            if self.name == "hf":
+                dtype = resolve_dtype(None if self.cfg.precision == "auto" else self.cfg.precision)
+                self.refs[ref] = HFEngine.from_loaded(load_model(ref, dtype=dtype, merge_adapter=True),
+                                                      load_tokenizer(ref), ref)
+            else:
+                self.refs[ref] = HFEngine(ref, precision="fp32")
+        return self.refs[ref]
+
+    def gate(self, models: dict[str, list[list[dict]]], examples: list[EvalExample], metrics: list[str]) -> None:
+        """Open every local model's engine; ``models`` maps each to all the prompts its arms will send
+        (the first ``parity_prompts`` are the parity check's). Loss is computed here by the reference."""
+        cfg = self.cfg
+        for ref, prompts in models.items():
+            hf = self._reference(ref)
+            # the model's own size (a reference with its LoRA adapter unmerged also holds the adapter's)
+            self.params[ref] = sum(p.numel() for n, p in hf.hf_model.named_parameters() if "lora_" not in n)
+            if "loss" in metrics:  # a property of the model on the eval conversations, not of the prompt
+                self.losses[ref] = response_loss(hf.hf_model, hf.tokenizer, examples)
+            ctx = ctx_for(hf.tokenizer, prompts, cfg.max_new_tokens) if self.name != "hf" else None
+            if self.name != "hf":
+                self.con.print(f"[dim]parity check: {ref} on {self.name} against the HF reference "
+                               f"({min(cfg.parity_prompts, len(prompts))} eval prompts)…[/]")
+            checked = open_checked(ref, self.name, cfg.precision, hf,
+                                   [Request(m, max_tokens=cfg.max_new_tokens) for m in prompts[:cfg.parity_prompts]],
+                                   cfg.on_parity_failure, n_parallel=cfg.n_parallel, ctx_per_request=ctx)
+            self.checked[ref] = checked
+            for note in checked.notes:
+                self.con.print(f"[bold red]{note}[/]" if checked.fell_back else f"  {note}", highlight=False)
+            self.notes.extend(n for n in checked.notes if checked.parity is not None)
+        self.fell_back = any(c.fell_back for c in self.checked.values())
+        for ref, c in self.checked.items():
+            if self.fell_back and c.engine is not self.refs[ref]:
+                c.engine.close()
+                c.engine = self.refs[ref]
+            elif c.engine is not self.refs[ref]:
+                self.refs.pop(ref).close()  # the fast engine answers: free the reference's memory
+        if self.fell_back:
+            note = ("every local arm answers with the reference engine (HF fp32), because a fast engine failed its "
+                    "parity check: all arms of one comparison run on the same engine and precision")
+            self.notes.append(note)
+            self.con.print(f"[bold red]{note}[/]", highlight=False)
+
+    def engine(self, ref: str):
+        return self.checked[ref].engine
+
+    def release(self, ref: str) -> None:
+        """Close ``ref``'s engine (its last arm has answered)."""
+        self.checked[ref].engine.close()
+        self.refs.pop(ref, None)
+        gc.collect()
+
+    def summary(self) -> dict[str, Any]:
+        """What report.json records about the engines."""
+        first = next(iter(self.checked.values()), None)
+        eng = first.engine if first else None
+        return {"requested": self.cfg.engine, "name": eng.name if eng else self.name,
+                "precision": eng.precision if eng else self.cfg.precision,
+                "concurrency": concurrency_of(eng) if eng else None, "fell_back": self.fell_back,
+                "parity": {ref: c.parity.to_dict() for ref, c in self.checked.items() if c.parity is not None},
+                "on_parity_failure": self.cfg.on_parity_failure}
+
+
 def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None = None,
                 quiet: bool = False) -> CompareResult:
     """Run the comparison described by ``config`` and write the reports into its output_dir."""
@@ -194,80 +324,77 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     metrics = list(cfg.metrics) if cfg.metrics else default_metrics(examples, cfg.checks, cfg.judge)
     primary = _primary(cfg, metrics)
     rate = usd_rate(cfg.currency, cfg.usd_rate)
-    models = _Models()
     arm_reports: list[dict[str, Any]] = []
     all_results: dict[str, list] = {}
     loss_curves: dict[str, list] = {}
-    losses: dict[str, dict | None] = {}
 
-    for arm_no, arm_cfg in enumerate(cfg.arms, 1):
+    # 1. every arm ready (fine-tuned ones trained) and its prompts built, before any engine opens
+    runners: dict[str, Arm] = {}
+    built: dict[str, _Built] = {}
+    for arm_cfg in cfg.arms:
+        rep: dict[str, Any] = {"name": arm_cfg.name, "kind": arm_cfg.type, "status": "ok", "notes": [],
+                               "training": None}
+        arm_reports.append(rep)
+        if arm_cfg.name in skips:
+            continue
+        runners[arm_cfg.name] = _setup_arm(cfg, arm_cfg, out, con, pools, rep, loss_curves)
+        built[arm_cfg.name] = _build_all(runners[arm_cfg.name], examples)
+
+    # 2. one engine per local model, all of one kind and precision, checked against the reference
+    local_models: dict[str, list[list[dict]]] = {}
+    for name, runner in runners.items():
+        if runner.kind != "api":
+            local_models.setdefault(runner.model_ref, []).extend(built[name].messages)
+    engines = _LocalEngines(cfg, con)
+    engines.gate(local_models, examples, metrics)
+    last_use = {runner.model_ref: name for name, runner in runners.items() if runner.kind != "api"}
+
+    # 3. each arm answers every eval input at once, then is scored and priced
+    for arm_no, (arm_cfg, rep) in enumerate(zip(cfg.arms, arm_reports), 1):
         name, kind = arm_cfg.name, arm_cfg.type
         step = f"arm {arm_no}/{len(cfg.arms)}"
-        rep: dict[str, Any] = {"name": name, "kind": kind, "status": "ok", "notes": [], "training": None}
         if name in skips:
             rep.update(status="skipped", skip_reason=skips[name], quality=None, model=getattr(arm_cfg, "model", None))
             con.print(f"[yellow]{name} ({step}): skipped — {skips[name]}[/]")
-            arm_reports.append(rep)
             continue
-        system = arm_cfg.system_prompt if arm_cfg.system_prompt is not None else (
-            None if kind == "finetuned" else cfg.system_prompt)
-        if kind == "api":
-            runner: Arm = ApiRunner(name=name, kind=kind, model_ref=arm_cfg.model, system_prompt=system,
-                                    base_url=arm_cfg.base_url, api_key_env=arm_cfg.api_key_env,
-                                    timeout_s=arm_cfg.timeout_s, max_new_tokens=cfg.max_new_tokens)
-        else:
-            ref = cfg.base_model
-            if kind == "finetuned":
-                run_dir = Path(arm_cfg.run) if arm_cfg.run else _train_arm(cfg, arm_cfg, out, con)
-                ref = str(run_dir)
-                info = read_summary(run_dir)
-                loss_curves[name] = info["loss_curve"]
-                s = info.get("summary") or {}
-                secs = s.get("seconds")
-                rep["training"] = {
-                    "run_dir": str(run_dir), "seconds": secs, "steps": s.get("steps"),
-                    "final_loss": s.get("final_loss"), "eval_loss": s.get("eval_loss"),
-                    "cost": local_cost_per_1k(secs, cfg.hardware.price_per_hour) / 1000.0 if secs else None,
-                }
-            runner = Arm(name=name, kind=kind, model_ref=ref, system_prompt=system)
-            if kind == "few_shot":
-                src = arm_cfg.examples_file or cfg.train_file
-                runner.demos = pools[src][: arm_cfg.k]
-            if kind == "rag":
-                runner.k, runner.mode, runner.examples_k = arm_cfg.k, arm_cfg.mode, arm_cfg.examples_k
-                if arm_cfg.examples_k:
-                    runner.pool = pools[arm_cfg.examples_file or cfg.train_file]
-                if arm_cfg.docs:
-                    from tunewise.rag import RagIndex
-
-                    idx_dir = Path(arm_cfg.index_dir) if arm_cfg.index_dir else out / f"index-{name}"
-                    runner.index = RagIndex.build(arm_cfg.docs, index_dir=idx_dir, progress=not con.quiet)
+        runner, b = runners[name], built[name]
         rep["model"] = runner.model_ref
-        con.print(f"[bold]{name}[/] ({kind}, {step}): answering {len(examples)} questions with {runner.model_ref}")
-        with OtherLoad() as load:
-            answers, extra_lat, extras = _answer_all(runner, examples, cfg, models, con)
+        requests = [Request(m, max_tokens=cfg.max_new_tokens) for m in b.messages]
+        if kind == "api":
+            from tunewise.infer.openai import OpenAIEngine
+
+            engine = OpenAIEngine(arm_cfg.model, base_url=arm_cfg.base_url, api_key_env=arm_cfg.api_key_env,
+                                  timeout_s=arm_cfg.timeout_s)
+        else:
+            engine = engines.engine(runner.model_ref)
+        rep.update(engine=engine.name, precision=engine.precision)
+        con.print(f"[bold]{name}[/] ({kind}, {step}): answering {len(examples)} questions with {runner.model_ref} "
+                  f"({engine.name} {engine.precision})")
+        try:
+            with OtherLoad() as load, progress(f"  {name}", len(examples), unit="question", console=con,
+                                               transient=True) as prog:
+                answers, stats = run_all(engine, requests, cfg.latency_samples if kind != "api" else 0,
+                                         on_result=progress_callback(prog))
+        finally:
+            if kind == "api":
+                engine.close()
+            elif last_use[runner.model_ref] == name:
+                engines.release(runner.model_ref)
         if kind != "api":
             # what load_warnings and decode_parity read: other processes' CPU while the arm answered,
-            # the model's size and its decoding rate (after the first token)
+            # the model's size and its decoding rate (after the first token, answered alone)
             rep["other_cpu_load"] = load.cores
-            mdl, _ = models.get(runner.model_ref)
-            rep["model_params"] = sum(p.numel() for p in mdl.parameters())
-            rates = [r for r in (getattr(a, "decode_tokens_per_s", None) for a in answers) if r]
+            rep["model_params"] = engines.params[runner.model_ref]
+            rates = [r for r in (answers[i].decode_tokens_per_s for i in stats.sequential) if r]
             rep["decode_tokens_per_s"] = statistics.median(rates) if rates else None
-        results, summary, rates, notes = score_answers(examples, answers, metrics, cfg.checks, cfg.judge, extra_lat)
-        for r, x in zip(results, extras):
+            rep.update(stats.to_dict())
+        results, summary, rates, notes = score_answers(examples, answers, metrics, cfg.checks, cfg.judge, b.seconds)
+        for r, x in zip(results, b.extras):
             r.extra = x
-        if "loss" in metrics and kind != "api":
-            # Loss is a property of the model on the eval conversations (not of the prompt), so the
-            # arms sharing the base model share one computation.
-            if runner.model_ref not in losses:
-                mdl, tok = models.get(runner.model_ref)
-                losses[runner.model_ref] = response_loss(mdl, tok, examples)
-            if losses[runner.model_ref]:
-                summary.update(losses[runner.model_ref])
-        if kind == "finetuned":
-            models.drop(runner.model_ref)
-        er = build_report(runner.model_ref, results, summary, rates, notes)
+        if "loss" in metrics and kind != "api" and engines.losses.get(runner.model_ref):
+            summary.update(engines.losses[runner.model_ref])
+        er = build_report(runner.model_ref, results, summary, rates, notes,
+                          latency_of=stats.sequential if kind != "api" else None)
         arm_dir = out / "arms" / name
         write_outputs(results, arm_dir / "outputs.jsonl")
         all_results[name] = results
@@ -284,16 +411,16 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         })
         rep.update(arm_uncertainty(results, primary))  # per-example scores and 95% intervals
         rep["notes"].extend(notes)
-        price_arm(rep, arm_cfg, runner, [runner.build(ex)[0] for ex in examples], answers, cfg, rate)
-        c1k = rep["cost_per_1k_queries"]
+        price_arm(rep, arm_cfg, runner, b.messages, answers, cfg, rate, alone=stats.sequential)
         q, iv = rep["quality"], rep["quality_interval"]
         ci = f" [95% {iv['low']:.2f}–{iv['high']:.2f}]" if iv else ""
-        con.print(f"  {primary} {q:.3f}{ci} · p50 {er.latency_p50_s:.2f} s · "
-                  f"{money(c1k, cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
-        arm_reports.append(rep)
+        speed = (f" · {rep['throughput_qph']:,.0f} queries/hour at {rep['throughput_concurrency']} at once"
+                 if rep.get("throughput_qph") else "")
+        con.print(f"  {primary} {q:.3f}{ci} · p50 {er.latency_p50_s:.2f} s{speed} · "
+                  f"{money(rep['cost_per_1k_queries'], cfg.currency)} per 1k queries" if q is not None else f"  no {primary} measured")
 
-    speed_notes = load_warnings(arm_reports) + decode_parity(arm_reports)
-    for note in speed_notes:
+    speed_notes = engines.notes + load_warnings(arm_reports) + decode_parity(arm_reports)
+    for note in speed_notes[len(engines.notes):]:
         con.print(f"[yellow]warning: {note}[/]")
     size = eval_size_check(len(examples), cfg.quality_tolerance)  # the caveat report.json/html lead with
     rec = recommend(arm_reports, cfg.quality_tolerance, cfg.currency, cfg.min_quality, primary)
@@ -312,6 +439,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         "currency": cfg.currency,
         "usd_rate": rate,
         "hardware": cfg.hardware.model_dump(),
+        "engine": engines.summary(),
         "monthly_queries": cfg.monthly_queries,
         "pricing": pricing_assumptions(cfg),
         "quality_tolerance": cfg.quality_tolerance,
@@ -337,40 +465,6 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     atomic_write_text(json_path, json.dumps(report, indent=2, ensure_ascii=False))
     atomic_write_text(html_path, render_html(report, charts))
     return CompareResult(report, out, json_path, html_path)
-
-
-def _answer_all(runner: Arm, examples: list[EvalExample], cfg: CompareConfig, models: _Models, con):
-    answers, extra_lat, extras = [], [], []
-    mdl = tok = None
-    if not isinstance(runner, ApiRunner):
-        mdl, tok = models.get(runner.model_ref)
-    from tunewise.generate import generate
-
-    # Warm-up outside the timing: the first call loads the embedder / embeds the example pool and
-    # runs the model's first forward and decoding passes, which a served model has long done.
-    first, _ = runner.build(examples[0])
-    if mdl is not None:
-        generate(mdl, tok, first, max_new_tokens=8)
-    from tunewise.progress import progress
-
-    with progress(f"  {runner.name}", len(examples), unit="question", console=con,
-                  transient=True) as prog:
-        produced, spent = 0, 0.0
-        for ex in examples:
-            t0 = time.perf_counter()
-            messages, extra = runner.build(ex)
-            build_s = time.perf_counter() - t0
-            if isinstance(runner, ApiRunner):
-                ans = runner.call(messages)
-            else:
-                ans = generate(mdl, tok, messages, max_new_tokens=cfg.max_new_tokens)
-            answers.append(ans)
-            extra_lat.append(build_s)
-            extras.append(extra)
-            produced += ans.output_tokens
-            spent += ans.seconds
-            prog.update(advance=1, tps=tokens_per_second_text(produced, spent))
-    return answers, extra_lat, extras
 
 
 def _samples(examples: list[EvalExample], results: dict[str, list], n: int) -> list[dict]:

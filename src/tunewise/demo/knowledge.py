@@ -31,6 +31,23 @@ days of unused earned leave can be carried forward. Earned leave must be applied
 
 Maternity leave is 26 weeks with full pay. Paternity leave is 15 working days, to be taken within
 3 months of the child's birth or adoption.
+
+## Public holidays
+
+The company observes 12 public holidays a year; the list is published in the Loomdesk portal every
+December.
+""",
+    "employment.md": """# Employment terms
+
+## Probation and notice
+
+Probation lasts 6 months for all new employees. The notice period is 60 days after confirmation and
+15 days during probation.
+
+## Pay and reviews
+
+Salaries are credited on the last working day of each month. Performance reviews are held every
+April. Employees contribute 12% of basic salary to the provident fund, matched by the company.
 """,
     "travel-and-expenses.md": """# Travel and expenses
 
@@ -49,6 +66,7 @@ Hotel stays are reimbursed up to ₹6,500 per night in metro cities.
 
 Expense claims are filed in the Loomdesk portal within 30 days of returning from the trip, with
 scanned bills for every item above ₹500. Approved claims are paid with the next monthly salary.
+Using a personal car on company business is reimbursed at ₹12 per kilometre.
 """,
     "remote-work.md": """# Remote work
 
@@ -67,6 +85,10 @@ authentication with the Kestrel Key app is mandatory for email and the Loomdesk 
 
 Report a lost laptop or phone, or a suspicious email, to the IT helpdesk on extension 4357 within
 1 hour. Personal USB drives may not be connected to company computers.
+
+## Equipment
+
+Laptops are replaced every 4 years.
 """,
     "benefits.md": """# Benefits
 
@@ -161,6 +183,30 @@ FACTS: list[tuple[tuple[str, str, str], str, list[str]]] = [
     (("When does the morning staff bus leave?", "What time do the staff buses depart for the morning shift?",
       "At what time is the morning shift bus?"),
      "Staff buses leave Gandhipuram and Ukkadam at 7:15 for the morning shift.", ["7:15"]),
+    (("How many public holidays does the company observe?", "How many paid public holidays are there in a year?",
+      "What is the number of public holidays per year?"),
+     "The company observes 12 public holidays a year.", ["12 public holidays"]),
+    (("How long is the probation period?", "For how many months are new employees on probation?",
+      "What is the length of probation for new joiners?"),
+     "Probation lasts 6 months for all new employees.", ["6 months"]),
+    (("What is the notice period after confirmation?", "How much notice must a confirmed employee give?",
+      "How many days of notice are required once I am confirmed?"),
+     "The notice period is 60 days after confirmation.", ["60 days"]),
+    (("When is salary credited?", "On which day is the monthly salary paid?",
+      "What day of the month does the salary arrive?"),
+     "Salaries are credited on the last working day of each month.", ["last working day"]),
+    (("When are performance reviews held?", "In which month does the annual appraisal happen?",
+      "When is the yearly performance review?"),
+     "Performance reviews are held every April.", ["April"]),
+    (("How much goes to the provident fund?", "What is the provident fund contribution?",
+      "What share of basic salary is paid into the PF?"),
+     "Employees contribute 12% of basic salary to the provident fund, matched by the company.", ["12%"]),
+    (("How often are laptops replaced?", "What is the laptop refresh cycle?",
+      "After how many years do I get a new laptop?"),
+     "Laptops are replaced every 4 years.", ["4 years"]),
+    (("What is the mileage rate for using my own car?", "How much is reimbursed per kilometre for a personal car?",
+      "What is the per-km allowance for driving my car on company work?"),
+     "Using a personal car on company business is reimbursed at ₹12 per kilometre.", ["₹12 per kilometre"]),
 ]
 
 
@@ -173,7 +219,7 @@ def _row(ident: str, question: str, answer: str, facts: list[str] | None = None)
 
 
 def train_rows() -> list[dict]:
-    """Two phrasings of every fact's question, with the answer (48 examples)."""
+    """Two phrasings of every fact's question, with the answer (64 examples)."""
     return [_row(f"kl-{i + 1}-{j + 1}", qs[j], a) for i, (qs, a, _) in enumerate(FACTS) for j in range(2)]
 
 

@@ -22,6 +22,10 @@ SCENARIOS = ("format", "knowledge")
 TITLES = {"format": "Format & voice: legal notices for unpaid rent",
           "knowledge": "Knowledge: Kestrel Loom Textiles policy questions"}
 
+# Held-out notices of the format scenario (the knowledge scenario holds out all 32 of its facts):
+# at least 30 per scenario, so that a paired difference of a few checks can be resolved.
+EVAL_EXAMPLES = 30
+
 # CPU box price for the local arms: a 2 vCPU cloud VM in an Indian region is about US$0.045/hour.
 DEMO_HARDWARE = {"name": "CPU box (2 vCPU, like this machine)", "price_per_hour": 4.0}
 
@@ -62,7 +66,7 @@ def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
     if name == "format":
         from tunewise.demo import notices
 
-        n_train, n_eval = (8, 3) if quick else (60, 8)
+        n_train, n_eval = (8, 3) if quick else (60, EVAL_EXAMPLES)
         atomic_write_text(data / "train.jsonl", _jsonl(notices.conversations(n_train, seed=1)))
         atomic_write_text(data / "eval.jsonl", _jsonl(notices.conversations(n_eval, seed=2)))
         cfg = {**common, "name": TITLES[name], "system_prompt": notices.SYSTEM_PROMPT,
@@ -82,7 +86,7 @@ def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
             atomic_write_text(docs / fname, text)
         train = knowledge.train_rows()
         atomic_write_text(data / "train.jsonl", _jsonl(train[:8] if quick else train))
-        atomic_write_text(data / "eval.jsonl", _jsonl(knowledge.eval_rows(3 if quick else 10)))
+        atomic_write_text(data / "eval.jsonl", _jsonl(knowledge.eval_rows(3 if quick else None)))  # all 32
         cfg = {**common, "name": TITLES[name], "system_prompt": knowledge.SYSTEM_PROMPT,
                "max_new_tokens": 24 if quick else 64,
                "arms": [
