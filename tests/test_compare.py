@@ -58,7 +58,7 @@ def fake_run_dir(base: Path, out: Path) -> Path:
 def cfg_dict(files, **kw):
     d = {"kind": "compare", "name": "t", "base_model": "smollm2-135m", "eval_file": str(files / "eval.jsonl"),
          "train_file": str(files / "train.jsonl"), "max_new_tokens": 4, "output_dir": str(files / "report"),
-         "arms": [{"type": "prompt"}]}
+         "engine": "hf", "arms": [{"type": "prompt"}]}  # the reference engine: fast on a tiny model (no conversion)
     d.update(kw)
     return d
 
