@@ -114,9 +114,9 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
     echo("  loading the model as trained (adapter unmerged) …")
     reference = mg.load_reference(source)
     echo("  merging …")
-    merged, info = mg.merged_model(source, reference, tokenizer, prompts)
+    merged, info, reference = mg.merged_model(source, reference, tokenizer, prompts)
     if info.candidates:
-        echo("  QLoRA merge, max |Δ logit| vs the adapter on its 4-bit base: "
+        echo("  QLoRA merge, max |Δ logit| against the adapter on its 4-bit base: "
              + ", ".join(f"{k} {v:.3g}" for k, v in info.candidates.items()) + f" → {info.chosen}")
     eot_ids = tp.end_of_turn_ids(tokenizer, getattr(merged, "generation_config", None), parts)
     eot_strings = tp.stop_strings(tokenizer, eot_ids)
@@ -162,7 +162,7 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
         report = {
             "source": str(source.ref), "kind": source.kind, "target": to, "dtype": save_dtype,
             "quant": quant if to in ("gguf", "ollama") else None, "merge": info.method,
-            "qlora_candidates": info.candidates or None, "end_of_turn_ids": eot_ids, "stop": eot_strings,
+            "qlora_candidates": info.candidates or None, "qlora_base": info.chosen, "end_of_turn_ids": eot_ids, "stop": eot_strings,
             "system_prompt": system, "prompts_from": prompts_from, "n_prompts": len(prompts),
             "files": files, "checks": vf.report_dict(checks), "passed": all(c.passed for c in checks),
             "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

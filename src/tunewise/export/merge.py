@@ -218,30 +218,49 @@ def max_logit_diff(a, b, tokenizer, prompts: list[list[dict]]) -> float:
 
 
 def merged_model(source: Source, reference, tokenizer, prompts: list[list[dict]]):
-    """The merged fp32 model for ``source`` and what was done."""
+    """(the merged fp32 model for ``source``, what was done, the unmerged model to check it against)."""
     if source.kind == "lora":
         model, norm, n, zero = merge_adapter(_plain_base(source.model_dir), source.adapter_dir)
-        return model, MergeInfo("LoRA adapter merged into the fp32 base", norm, n, zero)
+        return model, MergeInfo("LoRA adapter merged into the fp32 base", norm, n, zero), reference
     if source.kind == "qlora":
         return merge_qlora(source, reference, tokenizer, prompts)
     model = _plain_base(source.model_dir)
     if source.kind == "full":
         norm, n, zero = _full_deltas(model, source.base_dir)
-        return model, MergeInfo("full fine-tuning weights", norm, n, zero)
-    return model, MergeInfo("model exported as is (no adapter)")
+        return model, MergeInfo("full fine-tuning weights", norm, n, zero), reference
+    return model, MergeInfo("model exported as is (no adapter)"), reference
 
 
 def merge_qlora(source: Source, reference, tokenizer, prompts):
     """Merge a QLoRA adapter into a 16/32-bit base: the plain or the NF4 round-tripped one,
-    whichever reproduces the adapter's own outputs (on the 4-bit base) more closely."""
+    whichever reproduces the adapter's own outputs (on the 4-bit base) more closely.
+
+    Returns (merged model, info, the adapter unmerged on the chosen base): the 4-bit runtime
+    itself computes with bitsandbytes' kernels, so the exact merge check compares the merged model
+    with the adapter unmerged on the same de-quantised base, and ``info.candidates`` records how
+    far each candidate is from the 4-bit runtime."""
+    import copy
+
+    from peft import PeftModel
+
+    # De-quantise before the reference runs: bitsandbytes repacks 4-bit weights for its CPU kernel
+    # on the first forward pass, after which the stored data no longer de-quantises correctly.
+    deq = _nf4_dequantised_base(source, reference)
+    deq_plain_copy, deq_unmerged = copy.deepcopy(deq), copy.deepcopy(deq)
     plain, norm, n, zero = merge_adapter(_plain_base(source.model_dir), source.adapter_dir)
-    nf4, _, _, _ = merge_adapter(_nf4_dequantised_base(source, reference), source.adapter_dir)
+    nf4, _, _, _ = merge_adapter(deq, source.adapter_dir)
     diffs = {"plain base": max_logit_diff(plain, reference, tokenizer, prompts),
              "NF4 round-tripped base": max_logit_diff(nf4, reference, tokenizer, prompts)}
-    chosen = min(diffs, key=diffs.get)
+    with reference.disable_adapter():  # how far the 4-bit kernels are from their own de-quantised weights
+        diffs["4-bit base vs its de-quantised weights (no adapter)"] = max_logit_diff(
+            reference, deq_plain_copy, tokenizer, prompts)
+    del deq_plain_copy
+    chosen = min(("plain base", "NF4 round-tripped base"), key=diffs.get)
     info = MergeInfo(f"QLoRA adapter merged into the de-quantised 16/32-bit base ({chosen}, the closer to "
                      "the adapter's own outputs)", norm, n, zero, diffs, chosen)
-    return (plain if chosen == "plain base" else nf4), info
+    base = _plain_base(source.model_dir) if chosen == "plain base" else deq_unmerged
+    unmerged = PeftModel.from_pretrained(base, str(source.adapter_dir)).eval()
+    return (plain if chosen == "plain base" else nf4), info, unmerged
 
 
 def _full_deltas(model, base_dir: Path | None) -> tuple[float | None, int, list[str]]:
