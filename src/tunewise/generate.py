@@ -1,8 +1,7 @@
-"""Text generation with a chat template: the call `chat`, `eval` and `compare` use today.
-
-The generation loop lives in :mod:`tunewise.infer.hf` (the reference engine); this module keeps
-the old call shape (``generate(model, tokenizer, messages, ...) -> Generation``) for its callers.
-"""
+"""One assistant turn from an already loaded HF model: the old library call
+(``generate(model, tokenizer, messages, ...) -> Generation``), kept for scripts and the README's
+Python example. `chat`, `eval` and `compare` use :mod:`tunewise.infer` engines; the loop itself
+is :func:`tunewise.infer.hf.generate_one` (the reference engine)."""
 
 from __future__ import annotations
 
