@@ -219,10 +219,19 @@ def test_parse_strips_reasoning_and_fences_and_reports_problems():
     assert parse_answer('{"answer": null}') is None
     with pytest.raises(ParseError, match="malformed"):
         parse_questions('{"questions": ["A?", ', "qa", 2)
+    # no JSON list, but a plain list, one a line (SmolLM2-135M's usual reply): read as the list
+    small = ('Question 1: How long are invoices kept?\nQuestion 2: Who erases personal data?\n\nThe JSON object is:\n'
+             '{"question": "How long are invoices kept?", "answer": "7 years"}\nQuestion 1: How long are invoices kept?')
+    assert parse_questions(small, "qa", 3) == ["How long are invoices kept?", "Who erases personal data?"]
+    assert parse_questions("<think>1. no</think>\n1. **Explain the notice period**\n2) List the exit documents\n- Compare A and B",
+                           "instruction", 2) == ["Explain the notice period", "List the exit documents"]
+    with pytest.raises(ParseError, match="no JSON"):  # prose is not a list: re-asked
+        parse_questions("Sure! Here are questions: What memory? What repairs?", "qa", 2)
     with pytest.raises(ParseError, match="empty"):
         parse_answer("<think>still thinking, cut off")
-    with pytest.raises(ParseError, match="no JSON"):
-        parse_answer("The answer is 42.")
+    assert parse_answer("<think>hm</think> Invoices are kept for 7 years.") == "Invoices are kept for 7 years."  # prose
+    with pytest.raises(ParseError, match="malformed"):
+        parse_answer('{"answer": "Invoices are kept')
 
 
 def test_retry_after_and_backoff():
@@ -550,7 +559,7 @@ def test_kill_9_then_rerun_gives_the_same_file_without_repeated_calls(teacher, t
 @pytest.mark.e2e
 def test_synth_through_tunewise_serve_on_the_embedded_model(embedded_model, tmp_path, minilm):
     """The real path: `tunewise serve` (llama.cpp engine) on SmolLM2-135M as the teacher, 2 small
-    documents, one question each, short replies (about a minute). A 135M model writes weak pairs; the
+    documents, one question each, short replies. A 135M model writes weak pairs; the
     run must still finish and the funnel must say, for every candidate, the stage and reason it was
     dropped at (or that it was kept)."""
     from rich.console import Console
@@ -561,7 +570,9 @@ def test_synth_through_tunewise_serve_on_the_embedded_model(embedded_model, tmp_
 
     docs = make_docs(tmp_path, ["good.md", "think.md"])
     out = tmp_path / "pairs.jsonl"
-    engine = open_engine(embedded_model, engine="llama.cpp")
+    # one thread: on a shared box llama.cpp's spinning threads stall when the cores are busy (96 tokens
+    # took 55 s with 2 threads at load 8 on 2 cores, 2.9 s with 1)
+    engine = open_engine(embedded_model, engine="llama.cpp", threads=1)
     try:
         with ServerThread(create_app(engine, "smollm2-135m", limits=Limits(max_tokens_limit=256))) as srv:
             o = SynthOptions(docs_dir=docs, out=out, endpoint=srv.url + "/v1", model="smollm2-135m", per_chunk=1,

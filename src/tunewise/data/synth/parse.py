@@ -72,8 +72,29 @@ def _clean(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+_LIST_ITEM = re.compile(r"^\s*(?:\*\*)?(?:(?:question|instruction|q)\s*\d*\s*[:.)]|\d+\s*[.):]|[-*•])(?:\*\*)?\s+(.+?)\s*$",
+                        re.I | re.M)
+
+
+def listed_items(text: str) -> list[str]:
+    """The items of a plain list in a reply (``Question 1: …``, ``1. …``, ``2) …``, ``- …``), one a
+    line, reasoning removed: what small teachers write when they do not manage JSON."""
+    return [_clean(m.group(1).strip("\"'*")) for m in _LIST_ITEM.finditer(strip_reasoning(text)) if _clean(m.group(1).strip("\"'*"))]
+
+
 def parse_questions(text: str, kind: str, n: int) -> list[str]:
-    """Up to ``n`` distinct non-empty questions (or instructions) from a reply."""
+    """Up to ``n`` distinct non-empty questions (or instructions) from a reply: the JSON list asked
+    for, or else a plain list, one item a line (:func:`listed_items`)."""
+    try:
+        return _json_questions(text, kind, n)
+    except ParseError:
+        items = list(dict.fromkeys(listed_items(text)))
+        if not items:
+            raise
+        return items[:n]
+
+
+def _json_questions(text: str, kind: str, n: int) -> list[str]:
     value = first_json(text)
     key = "questions" if kind == "qa" else "instructions"
     if isinstance(value, dict):
@@ -98,8 +119,16 @@ def parse_questions(text: str, kind: str, n: int) -> list[str]:
 
 
 def parse_answer(text: str) -> str | None:
-    """The answer text, or ``None`` when the teacher says the passage does not answer."""
-    value = first_json(text)
+    """The answer text, or ``None`` when the teacher says the passage does not answer. A reply in
+    plain prose (no braces at all: small teachers rarely manage JSON) is the answer as it is; the
+    grounding check then judges every sentence of it. Broken JSON is an error (re-asked)."""
+    try:
+        value = first_json(text)
+    except ParseError:
+        plain = strip_reasoning(text).strip()
+        if plain and not re.search(r"[{}]", plain):
+            return plain
+        raise
     if not isinstance(value, dict) or "answer" not in value:
         raise ParseError('expected {"answer": "..."}')
     answer = value["answer"]
