@@ -18,6 +18,7 @@ Output directories are written atomically: an interrupted export leaves no half-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunewise.errors import TunewiseError
-from tunewise.paths import atomic_write_text, replace_dir
+from tunewise.paths import _default_mode, atomic_write_text, replace_dir
 
 TARGETS = ("merged", "gguf", "ollama", "vllm")
 DTYPES = ("bf16", "f16", "f32")
@@ -124,6 +125,7 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; give the usual permissions
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-work-", dir=out_dir.parent))
     checks: list = []
     report: dict = {}
