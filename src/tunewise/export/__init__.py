@@ -195,6 +195,28 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
     return ExportResult(out_dir, to, checks, report, report["seconds"])
 
 
+def write_merged(ref: str, out: Path, dtype: str = "f32") -> Path:
+    """The merged HF directory for ``ref`` without the checks (what the fast inference engine converts
+    to GGUF, so that compare and serve run the model exactly as `export` builds it: QLoRA adapters
+    merged into the de-quantised NF4 base, LoRA into the fp32 base)."""
+    from tunewise.export import merge as mg
+    from tunewise.export import template as tp
+    from tunewise.models import load_tokenizer
+
+    source = mg.resolve_source(ref)
+    tokenizer = load_tokenizer(source.ref)
+    prompts, _ = mg.held_out_prompts(source)
+    reference = mg.load_reference(source) if source.kind == "qlora" else None
+    merged, _, _ = mg.merged_model(source, reference, tokenizer, prompts)
+    try:
+        parts = tp.template_parts(tokenizer)
+    except TunewiseError:
+        parts = None
+    eot_ids = tp.end_of_turn_ids(tokenizer, getattr(merged, "generation_config", None), parts)
+    _save_merged(merged, tokenizer, Path(out), dtype, eot_ids)
+    return Path(out)
+
+
 def _save_merged(model, tokenizer, out: Path, dtype: str, eot_ids: list[int]) -> None:
     """safetensors + tokenizer (with the training chat template) + generation_config with every
     end-of-turn id."""
