@@ -308,3 +308,18 @@ def test_embedded_model_llamacpp_f16_passes_parity(embedded_model):
         assert report.passed, report.summary()
     finally:
         fast.close()
+
+
+def test_llamacpp_own_http_port_needs_the_engines_key(cpp_engine):
+    """xllamacpp also listens on a loopback port with llama.cpp's HTTP server: without the
+    engine's random key it answers 401, so other local users cannot bypass `tunewise serve`."""
+    import urllib.error
+    import urllib.request
+
+    engine = cpp_engine
+    req = urllib.request.Request(engine._server.listening_address + "/tokenize", data=b'{"content": "hi"}',
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 401
+    assert engine.count_tokens([{"role": "user", "content": "hi"}]) > 0  # the engine's own calls pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -174,6 +175,9 @@ class LlamaCpp:
         params.n_parallel = 1
         params.warmup = False
         params.verbosity = -1
+        # llama.cpp's own HTTP server (random loopback port) answers only with this key
+        self._key = secrets.token_urlsafe(32)
+        params.api_keys = [self._key]
         threads = max(1, int(cpu_info().get("cores") or os.cpu_count() or 1))
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
@@ -184,7 +188,7 @@ class LlamaCpp:
         import urllib.request
 
         req = urllib.request.Request(self.address + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
         with urllib.request.urlopen(req, timeout=120) as resp:
             return json.loads(resp.read())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import queue
 import threading
 import time
@@ -195,6 +196,11 @@ class LlamaCppEngine:
         p = xllamacpp.CommonParams()
         p.model.path = str(self.gguf)
         p.verbosity = 0  # errors only: llama.cpp logs every request at the default level
+        # xllamacpp also listens on a random loopback port with llama.cpp's own HTTP server; a
+        # random key keeps other local users off it (calls from this process pass it; the Python
+        # binding itself needs none).
+        self._key = secrets.token_urlsafe(32)
+        p.api_keys = [self._key]
         p.n_parallel = n_parallel
         # llama.cpp's n_ctx is the whole KV cache, split evenly between the slots (and rounded up)
         p.n_ctx = ctx_per_request * n_parallel
@@ -326,7 +332,7 @@ class LlamaCppEngine:
 
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self._server.listening_address + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read())
 
