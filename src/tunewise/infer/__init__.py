@@ -28,7 +28,7 @@ import importlib.util
 from tunewise.errors import TunewiseError
 from tunewise.infer.types import Completion, Engine, Request
 
-ENGINES = ("auto", "hf", "llama.cpp")
+ENGINES = ("auto", "hf", "hf-batch", "llama.cpp")
 
 
 def fast_engine_available() -> bool:
@@ -53,6 +53,10 @@ def open_engine(ref: str, engine: str = "auto", precision: str = "auto", n_paral
         from tunewise.infer.hf import HFEngine
 
         return HFEngine(ref, precision=precision, **kwargs)
+    if engine == "hf-batch":  # n_parallel = rows decoded together
+        from tunewise.infer.hf_batch import HFBatchEngine
+
+        return HFBatchEngine(ref, precision=precision, **({"batch_size": n_parallel} if n_parallel else {}), **kwargs)
     from tunewise.infer.llamacpp import LlamaCppEngine
 
     if n_parallel is not None:
