@@ -132,3 +132,17 @@ def test_open_engine_hf_batch_and_its_errors(tiny_model_dir):
     eng.close()
     with pytest.raises(TunewiseError, match="batch_size"):
         HFBatchEngine(str(tiny_model_dir), precision="fp32", batch_size=0)
+
+
+def test_hf_batch_passes_the_parity_gate_and_reports_its_batch(engines, talky_dir):
+    from tunewise.infer.run import concurrency_of, open_checked
+
+    _, ref = engines
+    checked = open_checked(str(talky_dir), "hf-batch", "fp32", ref, [Request(_msgs(p), max_tokens=8) for p in PROMPTS],
+                           on_failure="stop", n_parallel=4, ctx_per_request=256)
+    try:
+        assert isinstance(checked.engine, HFBatchEngine) and not checked.fell_back
+        assert checked.parity.passed and checked.parity.identical == 1.0
+        assert concurrency_of(checked.engine) == 4
+    finally:
+        checked.engine.close()

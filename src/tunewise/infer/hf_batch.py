@@ -79,6 +79,11 @@ class HFBatchEngine(HFEngine):
         super().__init__(ref, precision=precision, device=device)
         self.batch_size = batch_size
 
+    @property
+    def n_parallel(self) -> int:
+        """Requests decoded together (what :func:`tunewise.infer.run.concurrency_of` reports)."""
+        return self.batch_size
+
     def generate(self, requests: Sequence[Request],
                  on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
         prompts = [render_prompt(self.tokenizer, r.messages) for r in requests]
