@@ -97,8 +97,8 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest generated answer.")
     sequence_len: int = Field(2048, ge=16, description="Truncation length for the loss computation.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
-    engine: Literal["auto", "hf", "llama.cpp"] = Field(
-        "auto", description="Inference engine: auto (llama.cpp when installed, else hf), hf (the reference) or llama.cpp.")
+    engine: Literal["auto", "hf", "hf-batch", "llama.cpp"] = Field(
+        "auto", description="Inference engine: auto (llama.cpp when installed, else hf), hf (the reference), hf-batch (padded batches; fastest in bulk with native bf16) or llama.cpp.")
     precision: str = Field("auto", description="llama.cpp: GGUF type (auto = f16, f32, bf16, q8_0); hf: auto/fp32/bf16.")
     n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")
     latency_samples: int = Field(5, ge=0, le=1000, description=(

@@ -60,7 +60,7 @@ def chat_cmd(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="hf engine: load the weights in 4bit or 8bit."),
-    engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed, else hf), hf or llama.cpp."),
+    engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed, else hf), hf, hf-batch or llama.cpp."),
     precision: str = typer.Option("auto", "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
 ) -> None:
     """Chat with a model, streaming tokens from the inference engine. Interactive unless --prompt is given.

@@ -23,7 +23,7 @@ def eval_cmd(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest generated answer."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", "-o", help="Per-example JSONL (default: eval-outputs.jsonl)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="auto (llama.cpp when installed), hf or llama.cpp."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="auto (llama.cpp when installed), hf, hf-batch or llama.cpp."),
     precision: Optional[str] = typer.Option(None, "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

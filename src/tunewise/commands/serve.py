@@ -43,7 +43,7 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require `Authorization: Bearer KEY` "
                                           "(default: $TUNEWISE_API_KEY; prefer the variable: flags show in `ps`)."),
-    engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed), hf or llama.cpp."),
+    engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed), hf, hf-batch or llama.cpp."),
     precision: str = typer.Option("auto", "--precision", help="hf: auto/fp32/bf16/fp16; llama.cpp: GGUF type "
                                   "an HF model is converted to (auto = f16)."),
     parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Requests generated at once "

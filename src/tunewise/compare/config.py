@@ -110,8 +110,8 @@ class CompareConfig(Strict):
     checks: TaskChecks = Field(default_factory=TaskChecks, description="Task checks on every answer.")
     judge: JudgeConfig | None = Field(None, description="Optional LLM-as-judge.")
     hardware: Hardware = Field(default_factory=Hardware, description="Where local arms run and its hourly price.")
-    engine: Literal["auto", "hf", "llama.cpp"] = Field("auto", description=(
-        "Engine of every local arm: auto (llama.cpp when installed, else hf), hf (the reference) or llama.cpp."))
+    engine: Literal["auto", "hf", "hf-batch", "llama.cpp"] = Field("auto", description=(
+        "Engine of every local arm: auto (llama.cpp when installed, else hf), hf (the reference), hf-batch (padded batches; fastest in bulk with native bf16) or llama.cpp."))
     precision: str = Field("auto", description=(
         "Precision of every local arm: llama.cpp GGUF type (auto = f16, f32, bf16, q8_0) or hf (auto, fp32, bf16)."))
     n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")

@@ -16,6 +16,8 @@ Engines (all implement :class:`Engine`):
 - ``llama.cpp`` (:class:`LlamaCppEngine`): llama.cpp's server through the ``xllamacpp`` wheel,
   continuous batching over ``n_parallel`` slots; runs a GGUF (an HF directory or a run is
   converted once, cached by content).
+- ``hf-batch`` (:class:`HFBatchEngine`): Hugging Face ``generate`` on padded batches (left padding);
+  exact in fp32, the fastest in bulk on CPUs with native bf16 (docs/infer.md has the measurement).
 - ``openai`` (:class:`OpenAIEngine`): any OpenAI-compatible endpoint.
 
 :func:`check_parity` compares a fast engine with the reference on greedy outputs.
