@@ -118,18 +118,20 @@ def tiny_gguf(tmp_path_factory, tiny_model_dir) -> Path:
     return convert(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "model.gguf", "f16")
 
 
-def _rewrite_gguf(src: Path, dst: Path, drop: str) -> Path:
-    """A copy of ``src`` without the metadata key ``drop`` (a deliberately broken GGUF)."""
+def _rewrite_gguf(src: Path, dst: Path, drop: str | None = None, set_: dict | None = None) -> Path:
+    """A copy of ``src`` without the metadata key ``drop`` and with ``set_`` keys replaced (a
+    deliberately broken GGUF)."""
     import gguf
 
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(str(dst), arch)
+    set_ = dict(set_ or {})
     for key, field in reader.fields.items():
         if key == drop or key.startswith("GGUF.") or key == "general.architecture":
             continue
         vtype = field.types[0]
-        value = field.contents()
+        value = set_.pop(key, field.contents())
         if vtype == gguf.GGUFValueType.ARRAY:
             writer.add_key_value(key, value, vtype, sub_type=field.types[-1])
         else:
@@ -181,6 +183,47 @@ def test_llama_cpp_runtime_checks_fail_when_the_gguf_cannot_stop(tiny_gguf, tmp_
         llm.close()
 
 
+def _runtime_checks(gguf_path: Path, tokenizer) -> dict:
+    prompts = [[{"role": "user", "content": "hi"}]]
+    llm = vf.LlamaCpp(gguf_path)
+    try:
+        checks = vf.check_gguf_runtime(llm, tokenizer, prompts, [[]], "f16", [2], prompts)
+    finally:
+        llm.close()
+    return {c.name: c for c in checks}
+
+
+def test_double_bos_is_caught(tiny_gguf, tmp_path, smol_tokenizer):
+    """llama.cpp told to add a BOS (<|im_start|> here) in front of a template that already writes it:
+    the prompt llama.cpp builds starts with two BOS tokens and no longer matches training's ids."""
+    assert _runtime_checks(tiny_gguf, smol_tokenizer)["one BOS"].passed
+    broken = _rewrite_gguf(tiny_gguf, tmp_path / "bos.gguf", set_={"tokenizer.ggml.add_bos_token": True})
+    check = _runtime_checks(broken, smol_tokenizer)["one BOS"]
+    assert not check.passed and "two BOS" in check.detail
+
+
+def test_wrong_pre_tokenizer_is_caught(tiny_gguf, tmp_path, smol_tokenizer):
+    """A GGUF whose pre-tokenizer is not the model's (the converter guessing wrong) splits the probe
+    differently in llama.cpp."""
+    assert _runtime_checks(tiny_gguf, smol_tokenizer)["GGUF tokenizer"].passed
+    broken = _rewrite_gguf(tiny_gguf, tmp_path / "pre.gguf", set_={"tokenizer.ggml.pre": "default"})
+    assert not _runtime_checks(broken, smol_tokenizer)["GGUF tokenizer"].passed
+
+
+def test_merge_check_fails_when_the_merged_model_answers_differently(tmp_path, smol_tokenizer_dir, smol_tokenizer):
+    from conftest import build_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(str(build_tiny_model(tmp_path / "a", smol_tokenizer_dir, tie=False)))
+    b = AutoModelForCausalLM.from_pretrained(str(build_tiny_model(tmp_path / "b", smol_tokenizer_dir, seed=1, tie=False)))
+    from tunewise.export.merge import max_logit_diff
+
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "What is LoRA?"}]]
+    assert vf.check_merge(a, a, smol_tokenizer, prompts, "f32", [2], max_logit_diff(a, a, smol_tokenizer, prompts)).passed
+    bad = vf.check_merge(b, a, smol_tokenizer, prompts, "f32", [2], max_logit_diff(b, a, smol_tokenizer, prompts))
+    assert not bad.passed and "max |Δ logit|" in bad.detail
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole exports on tiny runs
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +264,7 @@ def test_merged_export_of_each_method_passes_its_checks(tiny_runs, tmp_path, met
         assert report["qlora_candidates"]["NF4 round-tripped base"] < report["qlora_candidates"]["plain base"]
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_ollama_export_writes_a_verified_gguf_and_modelfile(tiny_runs, tmp_path, method):
     """Every check runs and passes except `stops by itself`: a random tiny model never ends its turn
     (the e2e test below passes them all on the real model), so the export is rejected, with its report."""
@@ -247,6 +290,18 @@ def test_a_failed_check_moves_the_output_aside_and_exits_1(tiny_runs, tmp_path):
     assert not (tmp_path / "g").exists()
     report = json.loads((tmp_path / "g.rejected" / "export_report.json").read_text())
     assert not report["passed"] and (tmp_path / "g.rejected" / "model.gguf").is_file()
+
+
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_vllm_export_of_qlora_and_full_runs(tiny_runs, tmp_path, method):
+    from tunewise.export import export
+
+    res = export(str(tiny_runs[method]), to="vllm", out=tmp_path / "v", dtype="bf16", echo=_quiet)
+    assert res.passed and res.report["dtype"] == "bf16" and (tmp_path / "v" / "config.json").is_file()
+    assert f"vllm serve {tmp_path / 'v'}" in (tmp_path / "v" / "README.md").read_text()
+    if method == "full":
+        with pytest.raises(TunewiseError, match="--adapter needs a LoRA/QLoRA run"):
+            export(str(tiny_runs[method]), to="vllm", adapter=True, out=tmp_path / "a", echo=_quiet)
 
 
 def test_vllm_export_merged_and_adapter(tiny_runs, tmp_path):

@@ -232,12 +232,16 @@ def check_gguf_runtime(llm: LlamaCpp, tokenizer, prompts, hf_greedy: list[list[i
                         "wrong chat template in the GGUF"))
     ids_cpp = llm.tokenize(rendered_cpp, add_special=True)
     ids_hf = tokenizer(rendered_hf, add_special_tokens=False)["input_ids"]
+    # llama.cpp's own chat path drops a BOS the template wrote when it adds one itself; runtimes that
+    # tokenize the rendered prompt as is (Ollama, llama-cpp-python) do not: check that path too.
+    ids_raw = llm.tokenize(rendered_hf, add_special=True)
     bos = tokenizer.bos_token_id
-    double = bos is not None and len(ids_cpp) > 1 and ids_cpp[0] == bos and ids_cpp[1] == bos
+    double = bos is not None and any(len(ids) > 1 and ids[0] == bos and ids[1] == bos for ids in (ids_cpp, ids_raw))
     ok = ids_cpp == ids_hf and not double
     checks.append(Check("one BOS", ok,
                         "the prompt llama.cpp builds has the same ids as in training (no extra BOS)" if ok else
-                        ("two BOS tokens at the start" if double else
+                        ("two BOS tokens at the start when the rendered prompt is tokenized (the GGUF adds a "
+                         "BOS the template already writes)" if double else
                          f"prompt ids differ ({len(ids_cpp)} in llama.cpp vs {len(ids_hf)} in training)"),
                         "a double BOS after export"))
 
