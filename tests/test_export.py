@@ -210,6 +210,29 @@ def test_wrong_pre_tokenizer_is_caught(tiny_gguf, tmp_path, smol_tokenizer):
     assert not _runtime_checks(broken, smol_tokenizer)["GGUF tokenizer"].passed
 
 
+def test_gguf_answers_and_template_checks_fail_on_a_different_gguf(tiny_gguf, tmp_path, smol_tokenizer):
+    """Greedy answers of another model (here: made-up reference tokens) and a GGUF whose template is
+    not the training one both fail."""
+    prompts = [[{"role": "user", "content": "hi"}]]
+    llm = vf.LlamaCpp(tiny_gguf)
+    try:
+        checks = {c.name: c for c in vf.check_gguf_runtime(llm, smol_tokenizer, prompts, [[42] * 16], "f16", [2], prompts)}
+    finally:
+        llm.close()
+    assert not checks["GGUF answers = merged"].passed
+    other = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    broken = _rewrite_gguf(tiny_gguf, tmp_path / "tpl.gguf", set_={"tokenizer.chat_template": other})
+    assert not _runtime_checks(broken, smol_tokenizer)["llama.cpp template"].passed
+
+
+def test_embedding_rows_check_fails_when_the_vocabulary_shrank(tmp_path, smol_tokenizer):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"vocab_size": 32000}))
+    assert not vf.check_vocab_rows(cfg, smol_tokenizer).passed
+    cfg.write_text(json.dumps({"vocab_size": len(smol_tokenizer)}))
+    assert vf.check_vocab_rows(cfg, smol_tokenizer).passed
+
+
 def test_merge_check_fails_when_the_merged_model_answers_differently(tmp_path, smol_tokenizer_dir, smol_tokenizer):
     from conftest import build_tiny_model
     from transformers import AutoModelForCausalLM

@@ -178,7 +178,8 @@ def test_cli_eval_prints_progress_lines(tiny_model_dir, tmp_path, capsys, monkey
     code, out, err = run_cli(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "3",
                               "--metrics", "rouge_l"], capsys)
     assert code in (0, None), err
-    got = lines(err, "generating:")
+    # the label names the engine: "generating (llama.cpp f16): …" (or "(hf fp32)" without llama.cpp)
+    got = [re.sub(r"^generating \([^)]+\):", "generating:", ln) for ln in lines(err, "generating (")]
     assert got, err
     assert [ln.split(" ·")[0] for ln in got] == ["generating: 1/3 examples (33%)", "generating: 2/3 examples (67%)",
                                                  "generating: done 3/3 examples in " + got[-1].split(" in ")[1].split(" ·")[0]]
