@@ -10,8 +10,6 @@ values, so a test can hand them a deliberately broken artifact.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -159,56 +157,29 @@ def check_gguf_metadata(meta: dict, tokenizer, eot_ids: list[int], chat_template
 
 
 class LlamaCpp:
-    """A GGUF loaded in llama.cpp (the xllamacpp wheel): greedy chat, its tokenizer and its template
-    rendering, through llama.cpp's own server code."""
+    """A GGUF loaded in llama.cpp through tunewise's inference engine (the xllamacpp wheel): greedy
+    chat, llama.cpp's own tokenizer and its template rendering."""
 
     def __init__(self, gguf: Path, n_ctx: int = 2048):
-        try:
-            import xllamacpp as xlc
-        except ImportError:
-            raise TunewiseError("checking a GGUF needs llama.cpp (the xllamacpp wheel)", "pip install xllamacpp") from None
-        from tunewise.hardware import cpu_info
+        from tunewise.infer.llamacpp import LlamaCppEngine
 
-        params = xlc.CommonParams()
-        params.model.path = str(gguf)
-        params.n_ctx = n_ctx
-        params.n_parallel = 1
-        params.warmup = False
-        params.verbosity = -1
-        # llama.cpp's own HTTP server (random loopback port) answers only with this key
-        self._key = secrets.token_urlsafe(32)
-        params.api_keys = [self._key]
-        threads = max(1, int(cpu_info().get("cores") or os.cpu_count() or 1))
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        self.server = xlc.Server(params)
-        self.address = self.server.listening_address
-
-    def _post(self, path: str, body: dict) -> dict:
-        import urllib.request
-
-        req = urllib.request.Request(self.address + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.loads(resp.read())
+        self.engine = LlamaCppEngine(str(gguf), n_parallel=1, ctx_per_request=n_ctx)
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self._post("/tokenize", {"content": text, "add_special": add_special, "parse_special": True})["tokens"]
+        return self.engine.tokenize(text, add_special=add_special)
 
     def apply_template(self, messages: list[dict]) -> str:
-        return self._post("/apply-template", {"messages": messages})["prompt"]
+        return self.engine.render(messages)
 
     def chat(self, messages: list[dict], max_tokens: int) -> tuple[str, str, int]:
         """(text, finish_reason, completion tokens) for a greedy answer."""
-        r = self.server.handle_chat_completions({"messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
-                                                 "top_k": 1, "seed": 0})
-        if "error" in r:
-            raise TunewiseError(f"llama.cpp refused the request: {r['error']}", "check the GGUF")
-        choice = r["choices"][0]
-        return choice["message"].get("content") or "", choice.get("finish_reason") or "", r["usage"]["completion_tokens"]
+        from tunewise.infer.types import Request
+
+        done = self.engine.generate([Request(messages, max_tokens=max_tokens, temperature=0.0)])[0]
+        return done.text, done.finish_reason, done.output_tokens
 
     def close(self) -> None:
-        self.server = None
+        self.engine.close()
 
 
 def check_gguf_runtime(llm: LlamaCpp, tokenizer, prompts, hf_greedy: list[list[int]], quant: str,

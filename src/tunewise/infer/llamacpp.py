@@ -336,23 +336,26 @@ class LlamaCppEngine:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read())
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        """The prompt's length in tokens as a request with ``messages`` will have it: rendered with
-        the GGUF's chat template and tokenized by llama.cpp (no generation; milliseconds)."""
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """llama.cpp's token ids for ``text`` (special tokens parsed; ``add_special`` adds the BOS the
+        GGUF asks for, as a chat request does)."""
+        return self._http("/tokenize", {"content": text, "add_special": add_special, "parse_special": True})["tokens"]
+
+    def render(self, messages: list[dict]) -> str:
+        """The prompt text llama.cpp builds from ``messages`` with the GGUF's chat template (no
+        generation). Raises ValueError when the template refuses the messages."""
         import urllib.error
 
         try:
-            prompt = self._http("/apply-template", {"messages": messages})["prompt"]
-            tokens = self._http("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
-        except urllib.error.HTTPError as e:  # the template refused the messages
+            return self._http("/apply-template", {"messages": messages})["prompt"]
+        except urllib.error.HTTPError as e:
             detail = json.loads(e.read() or b"{}").get("error", {}).get("message", str(e))
             raise ValueError(f"llama.cpp cannot render these messages: {detail}") from None
-        return len(tokens["tokens"])
 
-    def render(self, messages: list[dict]) -> str:
-        """The prompt text llama.cpp builds from ``messages`` with the GGUF's chat template."""
-        out = self._call({"messages": messages, "max_tokens": 1, "temperature": 0, "verbose": True})
-        return out["__verbose"]["prompt"]
+    def count_tokens(self, messages: list[dict]) -> int:
+        """The prompt's length in tokens as a request with ``messages`` will have it: rendered with
+        the GGUF's chat template and tokenized by llama.cpp (no generation; milliseconds)."""
+        return len(self.tokenize(self.render(messages), add_special=True))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
