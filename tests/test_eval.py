@@ -159,6 +159,37 @@ def test_response_loss_matches_transformers_loss(tiny_model_dir, eval_file):
     assert ours["loss_tokens"] == sum(1 for x in t.labels[1:] if x != -100)
 
 
+def test_response_loss_of_an_unmerged_lora_projects_only_trained_positions(tiny_model_dir, eval_file):
+    """A PEFT model (compare's fine-tuned reference) takes the same path: logits only for the
+    positions that predict an answer token, the loss equal to transformers' own."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunewise.data import tokenize_dataset
+    from tunewise.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)  # a trained adapter, not an identity
+    exs = load_eval_set(eval_file)[:2]
+    seen = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    ours = response_loss(model, tok, exs)
+    hook.remove()
+    total, n = 0.0, 0
+    for ex in exs:
+        t = tokenize_dataset([ex.conversation], tok, 2048, train_on="assistant")[0]
+        k = sum(1 for x in t.labels[1:] if x != -100)
+        with torch.no_grad():
+            total += model(input_ids=torch.tensor([t.input_ids]), labels=torch.tensor([t.labels])).loss.item() * k
+        n += k
+    assert ours["loss"] == pytest.approx(total / n, rel=1e-4) and ours["loss_tokens"] == n
+    assert sum(seen[:2]) == n  # the output layer saw the trained positions only
+
+
 # --- judge -----------------------------------------------------------------------------------
 
 

@@ -376,14 +376,18 @@ def response_loss(model, tokenizer, examples: list[EvalExample], sequence_len: i
             if not ex.n_trainable:
                 continue
             ids = torch.tensor([ex.input_ids], device=device)
-            labels = torch.tensor([ex.labels], device=device)
-            logits = model(input_ids=ids).logits[:, :-1, :].float()
-            target = labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum")
-            n = int((target != -100).sum())
+            labels = torch.tensor(ex.labels, device=device)
+            # only the positions that predict a trained token go through the output layer (the
+            # prompt's positions are most of a short answer's sequence, and the vocabulary is large)
+            keep = (labels[1:] != -100).nonzero().squeeze(1)
+            target = labels[keep + 1]
+            try:
+                logits = model(input_ids=ids, logits_to_keep=keep).logits[0].float()
+            except TypeError:  # a model class without logits_to_keep
+                logits = model(input_ids=ids).logits[0, keep].float()
+            nll = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             total_nll += float(nll)
-            total_tokens += n
+            total_tokens += int(target.numel())
     if not total_tokens:
         return None
     loss = total_nll / total_tokens

@@ -103,12 +103,13 @@ def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
     return path
 
 
-def check_data(root: Path, model: str, sequence_len: int, console) -> None:
-    """`tunewise data check` on the scenario's training file; errors stop the demo."""
+def check_data(root: Path, model: str, sequence_len: int, console, tolerance: float | None = None) -> None:
+    """`tunewise data check` on the scenario's training file (and its eval set, judged at the
+    comparison's own ``tolerance``); errors stop the demo."""
     from tunewise.data.check import check_dataset
 
     rep = check_dataset(root / "data" / "train.jsonl", model=model, sequence_len=sequence_len,
-                        eval_path=root / "data" / "eval.jsonl")
+                        eval_path=root / "data" / "eval.jsonl", tolerance=tolerance)
     console.print(f"  data check: {rep.examples} training examples, {rep.n_errors} errors, "
                   f"{rep.n_warnings} warnings", highlight=False)
     for issue in rep.issues[:5]:
@@ -176,7 +177,7 @@ def run_demo(out: str | Path, scenario: str = "all", quick: bool = False, model:
         cfg_path = write_scenario(name, root, quick, model)
         console.print(f"  data and config written to {root} ({cfg_path.name})", highlight=False)
         cfg = load_compare_config(cfg_path)
-        check_data(root, model, 256 if quick else 512, console)
+        check_data(root, model, 256 if quick else 512, console, cfg.quality_tolerance)
         res = run_compare(cfg, quiet=quiet)
         results.append(DemoResult(name, TITLES[name], res.report, res.html_path, res.json_path,
                                   time.perf_counter() - start))
