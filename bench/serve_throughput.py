@@ -24,7 +24,10 @@ prompt and a generated case), ``--new-tokens`` (200) at most, greedy (temperatur
 
 A row sends ``--requests`` requests (default: max(2, concurrency)). Its prompts are its own (each
 row a fresh slice of cases, the same slice in every arm), so no row reuses another's prompt cache;
-the shared system prompt is cached as a deployed llama.cpp caches it. Generated tokens/s is the
+the shared system prompt is cached as a deployed llama.cpp caches it: before the rows, each
+llama.cpp arm is warmed up with one short request per slot, all at once, as a server that has been
+answering for a while holds the system prompt in every slot (without it, the first rows would pay
+for filling slots that the later rows find full). Generated tokens/s is the
 aggregate: the tokens of all the row's answers / the row's wall time (first request sent to last
 answer). Latency is one request's wall time at the client. Peak RSS is the arm's process (engine,
 server and clients), polled every 50 ms during the row. Each arm runs in its own subprocess, so its
@@ -237,8 +240,10 @@ def openai_client(url: str, key: str = "none", timeout_s: float = 600):
 def run_arm(arm: dict, args, out_file: Path) -> None:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     rows_plan = plan(concurrency, args.requests, ["direct", "http"])
-    prompts = notice_prompts(max(s + n for _, _, s, n in rows_plan) + 1)
-    warm = prompts[-1]  # warms the engine up (weights paged in, template compiled); not measured
+    measured = max(s + n for _, _, s, n in rows_plan)
+    # after the measured prompts: one per slot for the warm-up (the HF arm uses the first)
+    prompts = notice_prompts(measured + max(concurrency))
+    warm = prompts[measured:]
     info: dict = {"arm": arm["name"], "rows": []}
     t = time.perf_counter()
     if arm["engine"] == "hf":
@@ -262,6 +267,7 @@ def run_arm(arm: dict, args, out_file: Path) -> None:
     for mode in modes:
         if mode == "direct":
             call, server = engine_call(engine, args.new_tokens, args.seed), None
+            short = engine_call(engine, 1, args.seed)
         else:
             from tunewise.serve import Limits, ServerThread, create_app
 
@@ -269,8 +275,14 @@ def run_arm(arm: dict, args, out_file: Path) -> None:
                                                             queue_size=max(concurrency)))
             server = ServerThread(app).start()
             call = http_call(openai_client(server.url), "bench", args.new_tokens, args.seed)
+            short = http_call(openai_client(server.url), "bench", 1, args.seed)
         try:
-            call(warm)
+            # not measured: weights paged in, template compiled, and, as in a server that has been
+            # answering for a while, every slot holding the shared system prompt (one short request
+            # per slot, all at once); the cases themselves are never cached
+            call(warm[0])
+            if engine.name != "hf":
+                run_load(short, warm, len(warm))
             for row_mode, c, start, n in rows_plan:
                 if row_mode != mode:
                     continue
