@@ -40,6 +40,8 @@ def test_lora_run_writes_the_run_directory_and_loads_with_plain_peft(tiny_model_
     assert any("eval_loss" in r for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["adapter_dir"] == str(out / "adapter")
+    if not torch.cuda.is_available():  # peak GPU memory is recorded where there is a GPU
+        assert summary["peak_gpu_allocated_bytes"] is None and summary["peak_gpu_reserved_bytes"] is None
     assert (out / "checkpoints" / "checkpoint-2" / "tunewise_complete.json").is_file()
 
     # Plain PEFT loads it; the adapter changed the model's output.

@@ -25,6 +25,9 @@ def print_summary(result, console: Console = console) -> None:
         table.add_row("eval loss", f"{result.eval_loss:.4f}")
     table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s ({result.trained_tokens:,} tokens)")
     table.add_row("time", f"{result.seconds:.1f} s")
+    if getattr(result, "peak_gpu_allocated_bytes", None):
+        table.add_row("peak GPU memory", f"{result.peak_gpu_allocated_bytes / 1e9:.2f} GB allocated, "
+                                         f"{result.peak_gpu_reserved_bytes / 1e9:.2f} GB reserved by torch")
     if getattr(result, "skipped_examples", 0):
         n = result.skipped_examples
         table.add_row("skipped", f"{n:,} example{'s' if n != 1 else ''} with no token to learn from "

@@ -11,7 +11,9 @@ trained tokens in the whole accumulated batch, which makes gradient accumulation
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,15 @@ def _frozen_plain_head(head: nn.Module, config) -> bool:
             and getattr(config, "logits_scaling", None) in (None, 1, 1.0))
 
 
+@lru_cache(maxsize=None)
+def bool_logits_to_keep(cls: type) -> bool:
+    """Whether a ``*ForCausalLM`` class takes a boolean (batch, seq) ``logits_to_keep`` mask: its module
+    slices with transformers' ``slice_logits_to_keep`` (newer 5.x, e.g. 5.24). Older releases (5.17)
+    index ``hidden[:, logits_to_keep, :]``, which fails on a 2-D mask; those get 0 (every position)."""
+    module = sys.modules.get(cls.__module__)
+    return module is not None and hasattr(module, "slice_logits_to_keep")
+
+
 def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None) -> torch.Tensor:
     """Cross-entropy of every trained token in ``batch`` (1-D, in order of position).
 
@@ -165,9 +176,9 @@ def token_losses(model: nn.Module, batch: dict, chunk_tokens: int | None = None)
         out = model(**inputs, use_cache=False, logits_to_keep=1)
         return out.logits.sum()[None] * 0.0
     with _head_bypassed(lm) as head:
-        out = model(**inputs, use_cache=False, logits_to_keep=keep)
+        out = model(**inputs, use_cache=False, logits_to_keep=keep if bool_logits_to_keep(type(lm)) else 0)
     hidden = out.logits
-    if hidden.dim() == 3:  # models without boolean logits_to_keep support
+    if hidden.dim() == 3:  # models without boolean logits_to_keep support: every position came back
         hidden = hidden[keep] if hidden.shape[:2] == keep.shape else hidden.reshape(-1, hidden.shape[-1])
     if head is None:  # no separate head module: the model returned logits already
         return F.cross_entropy(hidden.float(), targets, reduction="none")

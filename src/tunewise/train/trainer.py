@@ -60,6 +60,10 @@ class TrainResult:
     seconds: float
     skipped_examples: int = 0  # training examples skipped (no token to learn from), see skipped_examples()
     skipped: dict[str, Any] | None = None  # their sources by reason (as in data_fingerprint.json)
+    # most CUDA memory this process's tensors held, and torch's allocator reserved, while the run ran
+    # (this process's GPU; None without CUDA). The CUDA context (~0.5 GB) comes on top of reserved.
+    peak_gpu_allocated_bytes: int | None = None
+    peak_gpu_reserved_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -516,8 +520,7 @@ def training_arguments(cfg: RunConfig, out: Path, precision: str, has_eval: bool
         data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=cfg.gradient_checkpointing and cfg.method != "qlora",
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_arguments(cfg.gradient_checkpointing and cfg.method != "qlora"),
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,
@@ -536,6 +539,28 @@ def training_arguments(cfg: RunConfig, out: Path, precision: str, has_eval: bool
         run_name=out.name,
         **distributed.training_args_overrides(),
     )
+
+
+def checkpointing_arguments(on: bool) -> dict[str, Any]:
+    """TrainingArguments' activation (gradient) checkpointing switch under the name this transformers
+    has: ``activation_checkpointing`` in newer 5.x releases (5.24), ``gradient_checkpointing`` in older
+    ones (5.17), which pyproject's ``transformers>=5.0,<6`` both allows."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: on, f"{key}_kwargs": {"use_reentrant": False}}
+
+
+def cuda_peak_memory() -> dict[str, int | None]:
+    """This process's peak CUDA memory (torch's allocator: tensors held, memory reserved) on its current
+    GPU since the process started or the last reset; None for both without CUDA."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {"peak_gpu_allocated_bytes": None, "peak_gpu_reserved_bytes": None}
+    return {"peak_gpu_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved())}
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -646,6 +671,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
 
     console = Console(stderr=True, quiet=not progress or not distributed.is_main_process())
     start = time.perf_counter()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this run's peaks, if train() ran before here
+        torch.cuda.reset_peak_memory_stats()
     out = Path(cfg.output_dir).expanduser()
     precision = resolve_precision(cfg.precision)
     backend = resolve_backend(cfg.backend)
@@ -762,6 +789,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite
         seconds=seconds,
         skipped_examples=int((fp.get("skipped_examples") or {}).get("count", 0)),
         skipped=fp.get("skipped_examples"),
+        **cuda_peak_memory(),
     )
     if trainer.is_world_process_zero():
         plot_loss(out, title)
