@@ -435,10 +435,11 @@ def build_model(cfg: RunConfig, precision: str, backend: str):
     model = load_model(cfg.base_model, quantization=quant, dtype=weights_dtype, device=device,
                        merge_adapter=resolved.adapter_dir is not None)
     model.config.use_cache = False
-    why_not = attention.unsupported(model.config, cfg.sequence_len)
-    if why_not is None:
+    # transformers' sdpa path masks packed examples from position_ids (∝ T²: slower on CPU, faster on CUDA)
+    use_own, why_not = attention.choose(model.config, cfg.sequence_len, device)
+    if use_own:
         model.set_attn_implementation(attention.register())
-    else:  # transformers' sdpa path masks packed examples from position_ids instead (∝ T², slower)
+    elif why_not:
         warnings.warn(f"{cfg.base_model} uses {why_not}; training with its own sdpa attention instead of "
                       "tunewise's per-example attention", stacklevel=2)
     if cfg.method != "full":
