@@ -76,6 +76,23 @@ def test_qlora_trains_a_4bit_base_on_cpu(tiny_model_dir, small_data, tmp_path):
     PeftModel.from_pretrained(base, str(out / "adapter"))
 
 
+def test_qlora_keeps_the_other_weights_in_the_compute_dtype(tiny_model_dir, small_data, tmp_path):
+    """PEFT upcasts a 4-bit model's embeddings, output layer and norms to fp32; in bf16 training they
+    go back to bf16 (as in LoRA), or the residual stream and every saved norm output are fp32 too
+    (QLoRA used 2.1x LoRA's GPU memory on an H200 that way). Only the adapters stay fp32."""
+    pytest.importorskip("bitsandbytes")
+    from tunewise.train.trainer import build_model
+
+    cfg = make_cfg(tiny_model_dir, small_data, tmp_path / "q", method="qlora")
+    model = build_model(cfg, "bf16", "peft")
+    floats = {n: p.dtype for n, p in model.named_parameters() if p.is_floating_point()}
+    assert {d for n, d in floats.items() if "lora_" not in n} == {torch.bfloat16}
+    assert any("embed_tokens" in n for n in floats) and any("norm" in n for n in floats)
+    assert {d for n, d in floats.items() if "lora_" in n} == {torch.float32}
+    fp32 = build_model(cfg, "fp32", "peft")  # an fp32 run keeps everything in fp32
+    assert {p.dtype for p in fp32.parameters() if p.is_floating_point()} == {torch.float32}
+
+
 def test_full_fine_tune_saves_a_loadable_model(tiny_model_dir, small_data, tmp_path):
     from transformers import AutoModelForCausalLM
 
