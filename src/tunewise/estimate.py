@@ -54,6 +54,10 @@ METHODS: tuple[Method, ...] = ("full", "lora", "qlora")
 GB = 1e9
 NF4_BITS = 4.127  # 4-bit NF4 + double-quantised block constants (Dettmers et al. 2023, sec. 3)
 DEFAULT_GPU_UTILISATION = 0.35  # model-FLOPs utilisation typical of HF/PEFT fine-tuning on GPUs
+# Below this many parameters the GPU time comes with a warning: on an H200 (session 8) tunewise
+# trained SmolLM2-135M's and a 1.07B Llama's shapes at ~18,000 tokens/s each, 1.1% and 7.9% of the
+# dense bf16 peak: a per-step cost, not the FLOPs, set the pace. Not calibrated beyond that.
+SMALL_MODEL_ON_GPU = 3e9
 # On a CPU the peak is *measured* (the best matmul in the training dtype, `measure_matmul_peak`). A
 # LoRA step of `tunewise train` reaches a fraction of it (smaller matmuls, element-wise ops,
 # attention, optimizer), per compute dtype. Calibrated, not predicted: bf16 on
@@ -736,6 +740,12 @@ def estimate(
             "example as a piece of its own, " + (f"and the longest has {s.longest_example} tokens." if s.longest_example
                                                  else "and one may fill the sequence length (pass --longest-example N, "
                                                       "the longest `tunewise data check` reports, to count yours)."))
+    if shape.parameters < SMALL_MODEL_ON_GPU:
+        notes.append(
+            f"A {shape.parameters / 1e9:.2g}B model is too small to keep a GPU busy: measured once (tunewise train, "
+            "LoRA, an H200, 2,048-token rows x 4), a 0.13B and a 1.07B model both trained at ~18,000 tokens/s, "
+            "1-8% of the peak, not 35%, so the GPU hours above are optimistic for models this size (docs/train.md, "
+            "'On a GPU').")
     return Estimate(shape.name, shape.parameters, training_tokens, utilisation, s, out, notes)
 
 
