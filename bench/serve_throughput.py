@@ -21,6 +21,9 @@ prompt and a generated case), ``--new-tokens`` (200) at most, greedy (temperatur
       (prefill + one decoding step);
       http: the same through `tunewise serve` (its app in this process on a loopback port, the
       official openai client, streaming): time to first token is the client's, to the first text.
+  (c) with ``--speculative f16`` (or other types): llama.cpp at that type once more with n-gram
+      speculative decoding (drafts from each request's own context, checked by the model), the
+      rows labelled ``f16+ngram``.
 
 A row sends ``--requests`` requests (default: max(2, concurrency)). Its prompts are its own (each
 row a fresh slice of cases, the same slice in every arm), so no row reuses another's prompt cache;
@@ -260,7 +263,7 @@ def run_arm(arm: dict, args, out_file: Path) -> None:
         from tunewise.infer.llamacpp import LlamaCppEngine
 
         engine = LlamaCppEngine(arm["gguf"], n_parallel=max(concurrency), ctx_per_request=args.ctx,
-                                threads=args.threads)
+                                threads=args.threads, speculative=arm.get("speculative", "off"))
         modes = ["direct", "http"]
         info.update(threads=engine.threads, n_parallel=engine.n_parallel, n_ctx=engine.n_ctx, gguf=arm["gguf"])
     info.update(engine=engine.name, precision=engine.precision, load_s=time.perf_counter() - t)
@@ -288,7 +291,8 @@ def run_arm(arm: dict, args, out_file: Path) -> None:
                     continue
                 with RssPeak() as mem:
                     results, wall = run_load(call, prompts[start:start + n], c)
-                row = {"engine": engine.name, "precision": engine.precision, "path": mode, "concurrency": c,
+                label = engine.precision + ("+ngram" if getattr(engine, "speculative", "off") != "off" else "")
+                row = {"engine": engine.name, "precision": label, "path": mode, "concurrency": c,
                        **row_stats(results, wall), "peak_rss_bytes": mem.peak}
                 info["rows"].append(row)
                 print(f"   {engine.name} {engine.precision} {mode} concurrency {c}: {row['generated_tokens']} tokens "
@@ -340,13 +344,13 @@ def verdicts(rows: list[dict], base: dict) -> list[dict]:
 
 
 def report(rows: list[dict], base: dict) -> None:
-    header = (f"{'engine':<10}{'precision':<10}{'path':<7}{'conc':>5}{'reqs':>5}{'tokens':>7}{'tok/s':>8}"
+    header = (f"{'engine':<10}{'precision':<12}{'path':<7}{'conc':>5}{'reqs':>5}{'tokens':>7}{'tok/s':>8}"
               f"{'TTFT p50':>9}{'p95':>6}{'latency p50':>12}{'p95':>7}{'peak RSS':>11}{'vs HF c1':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0.0
-        print(f"{r['engine']:<10}{r['precision']:<10}{r['path']:<7}{r['concurrency']:>5}{r['requests']:>5}"
+        print(f"{r['engine']:<10}{r['precision']:<12}{r['path']:<7}{r['concurrency']:>5}{r['requests']:>5}"
               f"{r['generated_tokens']:>7}{r['tokens_per_s']:>8.1f}{secs(r['ttft_p50_s']):>9}{secs(r['ttft_p95_s']):>6}"
               f"{secs(r['latency_p50_s']):>12}{secs(r['latency_p95_s']):>7}{gib(r['peak_rss_bytes']):>11}"
               f"{ratio:>9.2f}x")
@@ -359,6 +363,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies for llama.cpp")
     ap.add_argument("--requests", type=int, default=0, help="requests per row (default: max(2, concurrency))")
     ap.add_argument("--precisions", default="f16,q8_0", help="llama.cpp GGUF types the model is converted to, one arm each")
+    ap.add_argument("--speculative", default="", help="comma-separated GGUF types to run once more with n-gram "
+                    "speculative decoding (the engine's speculative='ngram'), one arm each, e.g. f16")
     ap.add_argument("--gguf", action="append", default=[], metavar="FILE",
                     help="also run this GGUF file as it is (e.g. a shipped Q4_1), one arm each; repeatable")
     ap.add_argument("--hf-precision", default="auto", help="the HF reference's precision (auto: as tunewise picks)")
@@ -400,6 +406,9 @@ def main() -> None:
         path, kind = gguf_for(*ref)
         print(f"GGUF {kind}: {path} ({time.perf_counter() - t:.1f} s)", flush=True)
         arms.append({"name": f"llama.cpp-{i}-{kind}", "engine": "llama.cpp", "gguf": str(path)})
+    for p in [p.strip() for p in args.speculative.split(",") if p.strip()]:
+        path, kind = gguf_for(args.model, p)
+        arms.append({"name": f"llama.cpp-{kind}-ngram", "engine": "llama.cpp", "gguf": str(path), "speculative": "ngram"})
     child_argv = sys.argv[1:]
     results = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:

@@ -40,15 +40,16 @@ def test_throughput_quick_run_writes_every_figure(tiny_hf_and_gguf, tmp_path):
     hf, gguf = tiny_hf_and_gguf
     out = tmp_path / "throughput.json"
     proc = run_script("serve_throughput.py", "--quick", "--model", str(hf), "--precisions", "", "--gguf", str(gguf),
-                      "--out", str(out))
+                      "--speculative", "f32", "--out", str(out))
     assert proc.stdout.startswith("CPU: ") and "vs HF c1" in proc.stdout
     assert "tokens/s at concurrency 1 =" in proc.stdout  # the first target's ratio line
     data = json.loads(out.read_text())
     assert data["cpu_line"] and data["new_tokens"] == 16 and data["concurrency"] == [1, 4] and data["quick"]
     rows = data["rows"]
     assert [(r["engine"], r["path"], r["concurrency"]) for r in rows] == [
-        ("hf", "direct", 1), ("llama.cpp", "direct", 1), ("llama.cpp", "direct", 4),
-        ("llama.cpp", "http", 1), ("llama.cpp", "http", 4)]
+        ("hf", "direct", 1)] + [("llama.cpp", "direct", 1), ("llama.cpp", "direct", 4),
+                                ("llama.cpp", "http", 1), ("llama.cpp", "http", 4)] * 2
+    assert [r["precision"] for r in rows[5:]] == ["f32+ngram"] * 4  # the arm with n-gram speculation
     for r in rows:
         assert r["requests"] == max(2, r["concurrency"])
         assert 0 < r["generated_tokens"] <= 16 * r["requests"] and r["prompt_tokens"] > 100 * r["requests"]
@@ -61,12 +62,12 @@ def test_throughput_quick_run_writes_every_figure(tiny_hf_and_gguf, tmp_path):
     assert rows[0]["prompt_tokens"] == rows[1]["prompt_tokens"]
     assert rows[1]["precision"] == "f32" and data["baseline"] == rows[0]
     targets = data["targets"]
-    assert [(t["path"], t["concurrency"]) for t in targets] == [("direct", 1), ("http", 1)]  # no 16 in --quick
+    assert [(t["path"], t["concurrency"]) for t in targets] == [("direct", 1), ("http", 1)] * 2  # no 16 in --quick
     for t in targets:
-        row = next(r for r in rows if r["engine"] == "llama.cpp" and r["path"] == t["path"] and r["concurrency"] == 1)
+        row = next(r for r in rows if r["precision"] == t["precision"] and r["path"] == t["path"] and r["concurrency"] == 1)
         assert t["ratio"] == pytest.approx(row["tokens_per_s"] / rows[0]["tokens_per_s"]) and t["target"] == 5
         assert t["pass"] == (t["ratio"] >= 5)
-    assert {a["arm"] for a in data["arms"]} == {"hf", "llama.cpp-0-f32"}
+    assert {a["arm"] for a in data["arms"]} == {"hf", "llama.cpp-0-f32", "llama.cpp-f32-ngram"}
 
 
 def test_soak_quick_run_has_no_errors_and_reports_rss(tiny_hf_and_gguf, tmp_path):

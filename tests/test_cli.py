@@ -80,6 +80,11 @@ def test_chat_one_shot_on_tiny_model(capsys, tiny_model_dir):
     assert code == 0 and "tokens" in out
 
 
+def test_chat_speculation_needs_a_known_mode(capsys, tiny_model_dir):
+    code, out = run_cli(capsys, "chat", str(tiny_model_dir), "--prompt", "Hello", "--speculative", "eagle")
+    assert code != 0 and "--speculative 'eagle' is not known" in out and "ngram" in out
+
+
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "tunewise.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("tunewise ")

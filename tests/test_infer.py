@@ -159,6 +159,28 @@ def test_llamacpp_stop_string_seed_and_stream(cpp_engine):
     assert cpp_engine.generate([Request(MSG, max_tokens=16)])[0].text == full.text
 
 
+def test_ngram_speculation_drafts_tokens_and_changes_no_answer(cpp_engine, tiny_gguf):
+    """Speculative decoding with n-gram drafts is lossless: the same greedy answers (generated and
+    streamed) as without it, while the model really checked drafted tokens."""
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    reqs = questions(4, max_tokens=48)
+    plain = cpp_engine.generate(reqs)
+    spec = LlamaCppEngine(str(tiny_gguf), n_parallel=2, ctx_per_request=256, speculative="ngram")
+    try:
+        fast = spec.generate(reqs)
+        assert [c.text for c in fast] == [c.text for c in plain]
+        assert [c.output_tokens for c in fast] == [c.output_tokens for c in plain]
+        assert all(0 <= c.extra["draft_accepted"] <= c.extra["draft_tokens"] for c in fast)
+        pieces = list(spec.stream(reqs[0]))
+        assert pieces[-1].text == plain[0].text == "".join(pieces[:-1]).strip()
+    finally:
+        spec.close()
+    assert "draft_tokens" not in plain[0].extra
+    with pytest.raises(TunewiseError, match="speculative 'eagle' is not known"):
+        LlamaCppEngine(str(tiny_gguf), speculative="eagle")
+
+
 def test_llamacpp_errors_are_tunewise_errors(cpp_engine, tmp_path):
     from tunewise.infer.llamacpp import LlamaCppEngine
 
@@ -308,6 +330,27 @@ def test_embedded_model_llamacpp_f16_passes_parity(embedded_model):
         assert report.passed, report.summary()
     finally:
         fast.close()
+
+
+@pytest.mark.e2e
+def test_embedded_model_ngram_speculation_keeps_the_answer_and_accepts_drafts(embedded_model):
+    """A legal notice copies names, amounts and dates from its prompt: n-gram drafts are accepted,
+    and the answer is the one decoded without them."""
+    import random
+
+    from tunewise.demo.notices import SYSTEM_PROMPT, make_case, prompt_for
+    from tunewise.infer.llamacpp import LlamaCppEngine
+
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_for(make_case(random.Random(3)))}]
+    answers = {}
+    for mode in ("off", "ngram"):
+        eng = LlamaCppEngine(embedded_model, n_parallel=1, ctx_per_request=768, speculative=mode)
+        try:
+            answers[mode] = eng.generate([Request(msgs, max_tokens=96)])[0]
+        finally:
+            eng.close()
+    assert answers["ngram"].text == answers["off"].text and answers["ngram"].output_tokens == 96
+    assert answers["ngram"].extra["draft_accepted"] > 0
 
 
 def test_llamacpp_own_http_port_needs_the_engines_key(cpp_engine):

@@ -556,6 +556,15 @@ def test_cli_refuses_a_public_address_without_a_key(capsys, monkeypatch):
     assert "TUNEWISE_API_KEY" in out
 
 
+def test_cli_speculation_is_checked_before_listening(capsys):
+    from test_cli import run_cli
+
+    code, out = run_cli(capsys, "serve", "smollm2-135m", "--port", "0", "--engine", "hf", "--speculative", "ngram")
+    assert code == 1 and "--speculative ngram needs the llama.cpp engine, not hf" in out and "Traceback" not in out
+    code, out = run_cli(capsys, "serve", "smollm2-135m", "--port", "0", "--speculative", "draft")
+    assert code == 1 and "--speculative 'draft' is not known" in out
+
+
 def test_api_key_is_required_and_never_logged(caplog, capsys):
     eng = ScriptedEngine()
     with caplog.at_level(logging.DEBUG):

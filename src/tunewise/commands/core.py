@@ -62,6 +62,8 @@ def chat_cmd(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="hf engine: load the weights in 4bit or 8bit."),
     engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed, else hf), hf, hf-batch or llama.cpp."),
     precision: str = typer.Option("auto", "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
+    speculative: str = typer.Option("ngram", "--speculative", help="llama.cpp: ngram (draft tokens from the "
+                                    "conversation itself, checked by the model: same answers, faster) or off."),
 ) -> None:
     """Chat with a model, streaming tokens from the inference engine. Interactive unless --prompt is given.
 
@@ -73,7 +75,11 @@ def chat_cmd(
     from tunewise.infer import Request, open_engine
     from tunewise.infer.run import resolve_engine
 
+    from tunewise.infer.llamacpp import SPECULATIVE
+
     name = resolve_engine(engine)
+    if speculative not in SPECULATIVE:
+        raise TunewiseError(f"--speculative {speculative!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
     if quantization:
         if engine == "llama.cpp":
             raise TunewiseError("--quantization loads weights for the hf engine, not llama.cpp",
@@ -83,7 +89,8 @@ def chat_cmd(
 
         eng = HFEngine.from_loaded(load_model(model, quantization=quantization), load_tokenizer(model), model)
     else:
-        eng = open_engine(model, engine=name, precision=precision, **({"n_parallel": 1} if name == "llama.cpp" else {}))
+        eng = open_engine(model, engine=name, precision=precision,
+                          **({"n_parallel": 1, "speculative": speculative} if name == "llama.cpp" else {}))
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
     def turn(user: str) -> None:

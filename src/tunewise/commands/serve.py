@@ -48,6 +48,8 @@ def serve_cmd(
                                   "an HF model is converted to (auto = f16)."),
     parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Requests generated at once "
                                            "(llama.cpp's slots; default: the engine's)."),
+    speculative: str = typer.Option("off", "--speculative", help="llama.cpp: ngram drafts tokens from each request's "
+                                    "own context (same answers; faster with few requests at once, slower with many) or off."),
     max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask."),
     queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a slot; more get 429."),
     max_body_kib: int = typer.Option(1024, "--max-body-kib", min=1, help="Largest request body in KiB (413 above)."),
@@ -70,6 +72,15 @@ def serve_cmd(
         raise TunewiseError(f"unknown engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
     key = resolve_api_key(api_key)
     check_bind(host, key)
+    from tunewise.infer.llamacpp import SPECULATIVE
+    from tunewise.infer.run import resolve_engine
+
+    if speculative not in SPECULATIVE:
+        raise TunewiseError(f"--speculative {speculative!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
+    extra = {"speculative": speculative} if resolve_engine(engine) == "llama.cpp" else {}
+    if speculative != "off" and not extra:
+        raise TunewiseError(f"--speculative {speculative} needs the llama.cpp engine, not {resolve_engine(engine)}",
+                            "use --engine llama.cpp (or auto with xllamacpp installed), or --speculative off")
     if embedded_name(model) is None and not Path(model).expanduser().exists():
         resolve_model(model)  # a missing path or unknown name: its error now, before listening
     limits = Limits(max_body_bytes=max_body_kib * 1024, max_tokens_limit=max_tokens_limit, queue_size=queue)
@@ -88,7 +99,7 @@ def serve_cmd(
         failure.append(e)
         server.should_exit = True
 
-    app = create_app(lambda: open_engine(model, engine=engine, precision=precision, n_parallel=parallel), served,
+    app = create_app(lambda: open_engine(model, engine=engine, precision=precision, n_parallel=parallel, **extra), served,
                      limits=limits, api_key=key, slots=parallel, on_loaded=loaded, on_load_failed=load_failed)
     server = make_server(app, sock)
     console.print(f"Serving [bold]{model}[/] as model [bold]{served}[/] at [bold]{url}/v1[/] "
