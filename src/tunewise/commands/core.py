@@ -75,11 +75,10 @@ def chat_cmd(
     from tunewise.infer import Request, open_engine
     from tunewise.infer.run import resolve_engine
 
-    from tunewise.infer.llamacpp import SPECULATIVE
+    from tunewise.infer.llamacpp import check_speculative
 
     name = resolve_engine(engine)
-    if speculative not in SPECULATIVE:
-        raise TunewiseError(f"--speculative {speculative!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
+    check_speculative(speculative, "--speculative")
     if quantization:
         if engine == "llama.cpp":
             raise TunewiseError("--quantization loads weights for the hf engine, not llama.cpp",

@@ -72,15 +72,15 @@ def serve_cmd(
         raise TunewiseError(f"unknown engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
     key = resolve_api_key(api_key)
     check_bind(host, key)
-    from tunewise.infer.llamacpp import SPECULATIVE
+    from tunewise.infer.llamacpp import check_speculative
     from tunewise.infer.run import resolve_engine
 
-    if speculative not in SPECULATIVE:
-        raise TunewiseError(f"--speculative {speculative!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
-    extra = {"speculative": speculative} if resolve_engine(engine) == "llama.cpp" else {}
-    if speculative != "off" and not extra:
-        raise TunewiseError(f"--speculative {speculative} needs the llama.cpp engine, not {resolve_engine(engine)}",
+    resolved = resolve_engine(engine)
+    check_speculative(speculative, "--speculative")
+    if speculative != "off" and resolved != "llama.cpp":
+        raise TunewiseError(f"--speculative {speculative} needs the llama.cpp engine, not {resolved}",
                             "use --engine llama.cpp (or auto with xllamacpp installed), or --speculative off")
+    extra = {"speculative": speculative} if resolved == "llama.cpp" else {}
     if embedded_name(model) is None and not Path(model).expanduser().exists():
         resolve_model(model)  # a missing path or unknown name: its error now, before listening
     limits = Limits(max_body_bytes=max_body_kib * 1024, max_tokens_limit=max_tokens_limit, queue_size=queue)

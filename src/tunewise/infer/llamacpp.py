@@ -47,6 +47,13 @@ SPECULATIVE = ("off", "ngram")
 NGRAM_KEY_TOKENS, NGRAM_DRAFT_TOKENS = 3, 8
 
 
+def check_speculative(value: str, name: str = "speculative") -> str:
+    """``value`` if it is one of :data:`SPECULATIVE`, else a TunewiseError naming ``name``."""
+    if value not in SPECULATIVE:
+        raise TunewiseError(f"{name} {value!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # What to run: a GGUF file for any model reference
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +202,7 @@ class LlamaCppEngine:
                                 "pip install xllamacpp, or use engine hf") from None
         from tunewise.hardware import physical_cores
 
-        if speculative not in SPECULATIVE:
-            raise TunewiseError(f"speculative {speculative!r} is not known", f"use one of: {', '.join(SPECULATIVE)}")
+        check_speculative(speculative)
         if n_parallel < 1 or ctx_per_request < 16:
             raise TunewiseError(f"n_parallel={n_parallel} and ctx_per_request={ctx_per_request} are too small",
                                 "use n_parallel >= 1 and ctx_per_request >= 16")
