@@ -390,12 +390,13 @@ def main() -> None:
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 
     from tunewise.hardware import cpu_info, describe_cpu
-    from tunewise.infer.llamacpp import gguf_for
+    from tunewise.infer.llamacpp import build_isa, gguf_for
 
     started = time.perf_counter()
     cpu = cpu_info()
-    print(f"CPU: {describe_cpu(cpu)} (flags: {' '.join(cpu['flags']) or 'none of avx2/avx512f/avx512_bf16/amx'})",
-          flush=True)
+    built_for = build_isa()  # PyPI's wheel: AVX2; `make setup-native`: this CPU's widest
+    print(f"CPU: {describe_cpu(cpu)} (flags: {' '.join(cpu['flags']) or 'none of avx2/avx512f/avx512_bf16/amx'}); "
+          f"llama.cpp compiled for {built_for}", flush=True)
     prompts = notice_prompts(2)
     print(f"model {args.model}; {args.new_tokens} new tokens at most, greedy (seed {args.seed}); legal-notice prompts "
           f"(system prompt + case, e.g. {len(prompts[0][1]['content'])} characters); concurrency {args.concurrency}; "
@@ -418,8 +419,8 @@ def main() -> None:
     rows = [r for res in results for r in res["rows"]]
     base = next(r for r in rows if r["engine"] == "hf")
     print(f"\nCPU: {describe_cpu(cpu)}; model {args.model}; {args.new_tokens} new tokens, greedy; "
-          f"hf: one request at a time ({base['precision']}); llama.cpp: {results[1]['threads'] if len(results) > 1 else '-'} "
-          f"threads, {max(concurrency)} slots")
+          f"hf: one request at a time ({base['precision']}); llama.cpp (compiled for {built_for}): "
+          f"{results[1]['threads'] if len(results) > 1 else '-'} threads, {max(concurrency)} slots")
     report(rows, base)
     checks = verdicts(rows, base)
     for v in checks:
@@ -439,7 +440,8 @@ def main() -> None:
             except md.PackageNotFoundError:
                 versions[pkg] = None
         atomic_write_text(args.out, json.dumps({
-            "cpu": cpu, "cpu_line": describe_cpu(cpu), "model": args.model, "new_tokens": args.new_tokens,
+            "cpu": cpu, "cpu_line": describe_cpu(cpu), "llamacpp_built_for": built_for, "model": args.model,
+            "new_tokens": args.new_tokens,
             "concurrency": concurrency, "requests": args.requests, "seed": args.seed, "quick": args.quick,
             "prompt_seed": PROMPT_SEED, "versions": versions, "run_s": total,
             "arms": [{k: v for k, v in res.items() if k != "rows"} for res in results],

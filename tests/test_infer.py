@@ -366,3 +366,27 @@ def test_llamacpp_own_http_port_needs_the_engines_key(cpp_engine):
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 401
     assert engine.count_tokens([{"role": "user", "content": "hi"}]) > 0  # the engine's own calls pass
+
+
+def test_build_isa_reads_llama_cpp_system_info():
+    from tunewise.infer.llamacpp import build_isa
+
+    wheel = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 |"
+    native = wheel.replace("BMI2 = 1 |", "BMI2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 |")
+    assert build_isa(wheel) == "AVX2"
+    assert build_isa(native) == "AVX-512 BF16"
+    assert build_isa(native.replace("AVX512_BF16 = 1", "AVX512_BF16 = 0")) == "AVX-512"
+    assert build_isa("CPU : NEON = 1 | ARM_FMA = 1 |") is None
+    assert build_isa() in (None, "AVX", "AVX2", "AVX-512", "AVX-512 BF16", "AMX")  # the installed build
+
+
+def test_native_build_hint_only_where_the_cpu_has_more_than_the_build():
+    from tunewise.infer.llamacpp import native_build_hint
+
+    hint = native_build_hint("AVX-512 BF16", "AVX2")
+    assert hint and "make setup-native" in hint and "AVX2" in hint and "AVX-512 BF16" in hint
+    assert native_build_hint("AMX", "AVX2")
+    assert native_build_hint("AVX2", "AVX2") is None  # an AVX2 CPU: the wheel is already its best
+    assert native_build_hint("AVX-512 BF16", "AVX-512 BF16") is None  # already native
+    assert native_build_hint("AVX-512 BF16 (emulated)", "AVX2") is None
+    assert native_build_hint("AVX-512", None) is None  # llama.cpp not installed

@@ -94,6 +94,12 @@ def serve_cmd(
         slots = parallel or getattr(eng, "n_parallel", 1) or 1
         console.print(f"[green]ready[/]: {served} on {eng.name} ({eng.precision}), {slots} slot(s), "
                       f"queue {queue}, max_tokens ≤ {max_tokens_limit}")
+        if eng.name == "llama.cpp":
+            from tunewise.infer.llamacpp import native_build_hint
+
+            hint = native_build_hint()
+            if hint:
+                console.print(f"[dim]{hint}[/]", highlight=False)
 
     def load_failed(e: BaseException) -> None:
         failure.append(e)

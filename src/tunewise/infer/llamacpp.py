@@ -55,6 +55,52 @@ def check_speculative(value: str, name: str = "speculative") -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Which build of llama.cpp is installed
+# ---------------------------------------------------------------------------------------------
+
+#: llama.cpp's CPU feature names (``get_system_info()``, "AVX512_BF16 = 1") widest first, with the
+#: names tunewise's CPU line uses.
+_BUILD_ISA = (("AMX_INT8", "AMX"), ("AVX512_BF16", "AVX-512 BF16"), ("AVX512", "AVX-512"), ("AVX2", "AVX2"),
+              ("AVX", "AVX"))
+
+
+def build_isa(system_info: str | None = None) -> str | None:
+    """The widest x86 vector extension the installed llama.cpp was compiled for ("AVX2" for PyPI's
+    xllamacpp wheel, "AVX-512 BF16" for a native build on such a CPU), from llama.cpp's own system
+    info; None when xllamacpp is not installed or reports none of them (another architecture)."""
+    if system_info is None:
+        try:
+            import xllamacpp
+        except ImportError:
+            return None
+        system_info = xllamacpp.get_system_info()
+    on = {k.strip() for k, _, v in (part.partition("=") for part in system_info.replace(":", "|").split("|"))
+          if v.strip() == "1"}
+    return next((label for flag, label in _BUILD_ISA if flag in on), None)
+
+
+#: What `make setup-native` measured over PyPI's wheel (bench/serve_throughput.py, docs/serve.md).
+NATIVE_GAIN = "1.3-1.6x faster on an AMD EPYC with AVX-512 BF16"
+
+
+def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "installed") -> str | None:
+    """A line for CPUs with AVX-512 running a llama.cpp compiled for less (PyPI's AVX2 wheel):
+    `make setup-native` compiles it for this CPU. None when there is nothing to gain or llama.cpp is
+    not installed. ``cpu_kind`` defaults to this CPU's, ``built_for`` to the installed build's."""
+    if cpu_kind is None:
+        from tunewise.hardware import cpu_info
+
+        cpu_kind = cpu_info()["kind"]
+    if built_for == "installed":
+        built_for = build_isa()
+    wide = ("AMX", "AVX-512 BF16", "AVX-512")
+    if built_for is None or not cpu_kind.startswith(wide) or "emulated" in cpu_kind or built_for.startswith(wide):
+        return None
+    return (f"llama.cpp was compiled for {built_for} but this CPU has {cpu_kind}: `make setup-native` "
+            f"compiles it for this CPU (about 10 minutes; {NATIVE_GAIN})")
+
+
+# ---------------------------------------------------------------------------------------------
 # What to run: a GGUF file for any model reference
 # ---------------------------------------------------------------------------------------------
 
