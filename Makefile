@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 
 # Optional: compile llama.cpp (the xllamacpp package, same version) for this machine's CPU
 # (-march=native). PyPI's wheel is compiled for AVX2 only; on a CPU with AVX-512 a native build
-# decoded 1.3-1.6x faster (docs/serve.md). About 10 minutes on 2 cores; needs gcc/g++ (cmake comes
+# decoded 1.1-1.8x faster (docs/serve.md). About 10 minutes on 2 cores; needs gcc/g++ (cmake comes
 # from PyPI when missing). Options that would fetch sources from the internet (BoringSSL for
 # HTTPS, llguidance) are off: tunewise talks to llama.cpp in process, not over HTTPS.
 setup-native: setup

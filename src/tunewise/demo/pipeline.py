@@ -62,9 +62,11 @@ def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
         "eval_file": str(data / "eval.jsonl"), "primary_metric": "checks", "currency": "INR",
         "hardware": DEMO_HARDWARE, "monthly_queries": 100_000, "quality_tolerance": 0.05, "min_quality": 0.6,
         "output_dir": str(root / "report"), "sample_outputs": 4 if quick else 6,
-        # 3 answers timed alone per arm (p50 latency) and the rest 16 at once: on 2 cores 16 slots
-        # decoded the few-shot prompts 1.15x faster than 8 (docs/compare.md, "The demo")
-        "latency_samples": 3, "n_parallel": 16,
+        # 3 answers per arm timed alone (latency at concurrency 1) instead of compare's default 5:
+        # each is a whole answer decoded without batching, the slowest part of an arm on 2 cores.
+        # 16 slots instead of 8 gained nothing here (+15 % and -8 % on the few-shot prompts in two
+        # runs), so the engine keeps its default.
+        "latency_samples": 3,
     }
     if name == "format":
         from tunewise.demo import notices

@@ -80,7 +80,7 @@ def build_isa(system_info: str | None = None) -> str | None:
 
 
 #: What `make setup-native` measured over PyPI's wheel (bench/serve_throughput.py, docs/serve.md).
-NATIVE_GAIN = "1.3-1.6x faster on an AMD EPYC with AVX-512 BF16"
+NATIVE_GAIN = "1.1-1.8x faster on an AMD EPYC with AVX-512 BF16, most with many requests at once"
 
 
 def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "installed") -> str | None:
