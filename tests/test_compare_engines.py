@@ -60,6 +60,9 @@ def test_compare_on_llamacpp_gates_each_model_and_reports_latency_and_throughput
     rep = json.loads(res.json_path.read_text(encoding="utf-8"))
     eng = rep["engine"]
     assert eng["name"] == "llama.cpp" and eng["precision"] == "f32" and eng["concurrency"] == 4
+    from tunewise.infer.llamacpp import build_isa
+
+    assert eng["built_for"] == build_isa() and eng["built_for"]  # which llama.cpp build answered (x86: AVX2 or wider)
     assert not eng["fell_back"] and set(eng["parity"]) == {str(talky), str(run)}  # one check per local model
     for p in eng["parity"].values():
         assert p["passed"] and p["n"] == 4 and p["identical"] >= 0.75
@@ -89,6 +92,7 @@ def test_a_failed_parity_check_falls_back_to_the_reference_for_every_arm(setup, 
                           arms=[{"type": "prompt"}, {"type": "finetuned", "run": str(run)}]), quiet=True)
     rep = res.report
     assert rep["engine"]["fell_back"] and rep["engine"]["name"] == "hf" and rep["engine"]["precision"] == "fp32"
+    assert rep["engine"]["built_for"] is None  # no llama.cpp answered
     assert all(not p["passed"] for p in rep["engine"]["parity"].values())
     for a in rep["arms"]:  # every arm on the reference, none left on llama.cpp
         assert a["engine"] == "hf" and a["precision"] == "fp32" and a["throughput_concurrency"] == 1

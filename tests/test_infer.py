@@ -390,3 +390,22 @@ def test_native_build_hint_only_where_the_cpu_has_more_than_the_build():
     assert native_build_hint("AVX-512 BF16", "AVX-512 BF16") is None  # already native
     assert native_build_hint("AVX-512 BF16 (emulated)", "AVX2") is None
     assert native_build_hint("AVX-512", None) is None  # llama.cpp not installed
+
+
+def test_compare_engine_lines_name_the_build_and_hint_a_native_one(monkeypatch):
+    from rich.console import Console
+
+    import tunewise.commands.evaluate as ev
+    import tunewise.hardware as hw
+
+    monkeypatch.setattr(ev, "console", Console(record=True, width=200))
+    report = {"engine": {"name": "llama.cpp", "precision": "f16", "concurrency": 8, "built_for": "AVX2",
+                         "parity": {}, "fell_back": False}, "arms": []}
+    monkeypatch.setattr(hw, "cpu_info", lambda: {"kind": "AVX-512 BF16"})
+    ev.print_engine_lines(report)
+    text = ev.console.export_text()
+    assert "llama.cpp f16, 8 at once (compiled for AVX2)" in text and "make setup-native" in text
+    monkeypatch.setattr(ev, "console", Console(record=True, width=200))
+    monkeypatch.setattr(hw, "cpu_info", lambda: {"kind": "AVX2"})
+    ev.print_engine_lines(report)
+    assert "make setup-native" not in ev.console.export_text()  # nothing to gain on an AVX2-only CPU

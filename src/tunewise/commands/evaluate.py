@@ -140,7 +140,14 @@ def print_engine_lines(report: dict) -> None:
     if not eng:
         return
     conc = f", {eng['concurrency']} at once" if (eng.get("concurrency") or 1) > 1 else ""
-    console.print(f"Engine of the local arms: [bold]{eng['name']} {eng['precision']}[/]{conc}", highlight=False)
+    built = f" (compiled for {eng['built_for']})" if eng.get("built_for") else ""
+    console.print(f"Engine of the local arms: [bold]{eng['name']} {eng['precision']}[/]{conc}{built}", highlight=False)
+    if eng.get("built_for"):
+        from tunewise.infer.llamacpp import native_build_hint
+
+        hint = native_build_hint(built_for=eng["built_for"])
+        if hint:
+            console.print(f"  [dim]{hint}[/]", highlight=False, soft_wrap=True)
     for ref, p in (eng.get("parity") or {}).items():
         style = "green" if p["passed"] else "bold red"
         console.print(f"  [{style}]parity {'passed' if p['passed'] else 'FAILED'}[/]: {ref}: {p['identical']:.0%} "

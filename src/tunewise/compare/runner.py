@@ -302,7 +302,12 @@ class _LocalEngines:
         """What report.json records about the engines."""
         first = next(iter(self.checked.values()), None)
         eng = first.engine if first else None
-        return {"requested": self.cfg.engine, "name": eng.name if eng else self.name,
+        built_for = None
+        if eng is not None and eng.name == "llama.cpp":
+            from tunewise.infer.llamacpp import build_isa
+
+            built_for = build_isa()  # which vector instructions its kernels use (PyPI's wheel: AVX2)
+        return {"requested": self.cfg.engine, "name": eng.name if eng else self.name, "built_for": built_for,
                 "precision": eng.precision if eng else self.cfg.precision,
                 "concurrency": concurrency_of(eng) if eng else None, "fell_back": self.fell_back,
                 "parity": {ref: c.parity.to_dict() for ref, c in self.checked.items() if c.parity is not None},
