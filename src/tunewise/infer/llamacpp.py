@@ -97,7 +97,8 @@ def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "inst
     if built_for is None or not cpu_kind.startswith(wide) or "emulated" in cpu_kind or built_for.startswith(wide):
         return None
     return (f"llama.cpp was compiled for {built_for} but this CPU has {cpu_kind}: `make setup-native` "
-            f"compiles it for this CPU (about 10 minutes; {NATIVE_GAIN})")
+            f"(or, after a pip install, the pip command in docs/serve.md) compiles it for this CPU "
+            f"(about 10 minutes; {NATIVE_GAIN})")
 
 
 # ---------------------------------------------------------------------------------------------
