@@ -7,8 +7,9 @@ demo's own data and score it on the demo's held-out set, with the fine-tuned arm
 Each step count trains a LoRA exactly as `tunewise demo` configures it (only ``max_steps``
 changed) and runs `tunewise compare` with that arm only (parity gate, llama.cpp answers). Prints one
 line per step count: quality with its 95% interval, training seconds, final loss. Session 9's
-figures (docs/compare.md, "The main job") came from this script on an AMD EPYC, AVX-512 BF16,
-2 cores: format 14 -> 0.995, 18 -> 1.000; knowledge 10 and 14 -> 0.031. A few minutes per step
+figures (docs/compare.md, "The main job") came from the same procedure, run as a scratch script
+before this one was written, on an AMD EPYC, AVX-512 BF16, 2 cores: format 14 -> 0.995,
+18 -> 1.000; knowledge 10 and 14 -> 0.031. A few minutes per step
 count on 2 cores.
 """
 
