@@ -54,9 +54,25 @@ def cfg(files, talky, run, **kw):
     return load_compare_config(data=d)
 
 
-def test_compare_on_llamacpp_gates_each_model_and_reports_latency_and_throughput(setup, talky, tmp_path):
+def test_compare_on_llamacpp_gates_each_model_and_reports_latency_and_throughput(setup, talky, tmp_path, monkeypatch):
+    import tunewise.compare.runner as runner
+
     files, run = setup
+    gated: dict[str, list] = {}
+
+    def spy(ref, *args, **kwargs):
+        gated[ref] = [r.messages for r in args[3]]  # (engine, precision, reference, prompts)
+        return open_checked(ref, *args, **kwargs)
+
+    open_checked = runner.open_checked
+    monkeypatch.setattr(runner, "open_checked", spy)
     res = run_compare(cfg(files, talky, run, output_dir=str(tmp_path / "report")), quiet=True)
+    # the base model's check takes its prompts in turn from its two arms (prompt, few-shot), so the
+    # long few-shot prompts are checked too, not only the first arm's
+    prompt_arm, few_shot = gated[str(talky)][0::2], gated[str(talky)][1::2]
+    assert len(gated[str(talky)]) == 4 and len(gated[str(run)]) == 4
+    assert all(len(m) < len(f) for m, f in zip(prompt_arm, few_shot))  # the demonstration turns
+    assert [m[-1] for m in prompt_arm] == [f[-1] for f in few_shot]  # the same eval questions
     rep = json.loads(res.json_path.read_text(encoding="utf-8"))
     eng = rep["engine"]
     assert eng["name"] == "llama.cpp" and eng["precision"] == "f32" and eng["concurrency"] == 4

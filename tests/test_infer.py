@@ -216,6 +216,14 @@ def test_open_engine_auto_picks_llamacpp(tiny_gguf):
 # --- parity ------------------------------------------------------------------------------------
 
 
+def test_spread_prompts_takes_them_in_turn_from_each_group():
+    from tunewise.infer.parity import spread_prompts
+
+    assert spread_prompts([["a0", "a1", "a2"], ["b0"], ["c0", "c1"]], 5) == ["a0", "b0", "c0", "a1", "c1"]
+    assert spread_prompts([["a0", "a1"], ["b0", "b1"]], 3) == ["a0", "b0", "a1"]
+    assert spread_prompts([["a0"]], 4) == ["a0"] and spread_prompts([], 4) == []
+
+
 def test_parity_passes_on_the_same_model_and_fails_on_another(hf_engine, cpp_engine, smol_tokenizer_dir, tmp_path):
     from conftest import build_tiny_model
 

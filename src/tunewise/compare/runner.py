@@ -255,11 +255,16 @@ class _LocalEngines:
                 self.refs[ref] = HFEngine(ref, precision="fp32")
         return self.refs[ref]
 
-    def gate(self, models: dict[str, list[list[dict]]], examples: list[EvalExample], metrics: list[str]) -> None:
-        """Open every local model's engine; ``models`` maps each to all the prompts its arms will send
-        (the first ``parity_prompts`` are the parity check's). Loss is computed here by the reference."""
+    def gate(self, models: dict[str, list[list[list[dict]]]], examples: list[EvalExample], metrics: list[str]) -> None:
+        """Open every local model's engine; ``models`` maps each to the prompts of each arm that uses
+        it (the parity check takes ``parity_prompts`` of them in turn from each arm,
+        :func:`~tunewise.infer.parity.spread_prompts`). Loss is computed here by the reference."""
+        from tunewise.infer.parity import spread_prompts
+
         cfg = self.cfg
-        for ref, prompts in models.items():
+        for ref, per_arm in models.items():
+            prompts = [m for arm_prompts in per_arm for m in arm_prompts]
+            checked_prompts = spread_prompts(per_arm, cfg.parity_prompts)
             hf = self._reference(ref)
             # the model's own size (a reference with its LoRA adapter unmerged also holds the adapter's)
             self.params[ref] = sum(p.numel() for n, p in hf.hf_model.named_parameters() if "lora_" not in n)
@@ -267,10 +272,11 @@ class _LocalEngines:
                 self.losses[ref] = response_loss(hf.hf_model, hf.tokenizer, examples)
             ctx = ctx_for(hf.tokenizer, prompts, cfg.max_new_tokens) if self.name != "hf" else None
             if self.name != "hf":
+                arms = f" of its {len(per_arm)} arms" if len(per_arm) > 1 else ""
                 self.con.print(f"[dim]parity check: {ref} on {self.name} against the HF reference "
-                               f"({min(cfg.parity_prompts, len(prompts))} eval prompts)…[/]")
+                               f"({len(checked_prompts)} eval prompts{arms}, taken in turn)…[/]")
             checked = open_checked(ref, self.name, cfg.precision, hf,
-                                   [Request(m, max_tokens=cfg.max_new_tokens) for m in prompts[:cfg.parity_prompts]],
+                                   [Request(m, max_tokens=cfg.max_new_tokens) for m in checked_prompts],
                                    cfg.on_parity_failure, n_parallel=cfg.n_parallel, ctx_per_request=ctx)
             self.checked[ref] = checked
             for note in checked.notes:
@@ -346,10 +352,10 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
         built[arm_cfg.name] = _build_all(runners[arm_cfg.name], examples)
 
     # 2. one engine per local model, all of one kind and precision, checked against the reference
-    local_models: dict[str, list[list[dict]]] = {}
+    local_models: dict[str, list[list[list[dict]]]] = {}  # model -> its arms' prompts
     for name, runner in runners.items():
         if runner.kind != "api":
-            local_models.setdefault(runner.model_ref, []).extend(built[name].messages)
+            local_models.setdefault(runner.model_ref, []).append(built[name].messages)
     engines = _LocalEngines(cfg, con)
     engines.gate(local_models, examples, metrics)
     last_use = {runner.model_ref: name for name, runner in runners.items() if runner.kind != "api"}

@@ -52,6 +52,18 @@ def tolerance_for(precision: str) -> Tolerance:
     return TOLERANCES.get(precision.lower(), LOOSE)
 
 
+def spread_prompts(groups: Sequence[Sequence], n: int) -> list:
+    """The first ``n`` prompts taken in turn from each group (one group per arm that uses the model):
+    the check then covers every kind of prompt the engine will answer — short zero-shot prompts and
+    the long few-shot and RAG ones — not only the first arm's."""
+    picked: list = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if i < len(g) and len(picked) < n:
+                picked.append(g[i])
+    return picked
+
+
 @dataclass
 class Divergence:
     index: int  # which prompt
