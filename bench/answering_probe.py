@@ -20,6 +20,8 @@ each variant's agreement (the parity gate's figures, infer/parity.py).
 
     .venv/bin/python bench/answering_probe.py --arm few_shot --variants f16,q8_0,f32,f16+ngram,f16+cache256
     .venv/bin/python bench/answering_probe.py --arm few_shot --variants f16,q8_0,q4_0 --parity 8
+    .venv/bin/python bench/answering_probe.py --write-q4_0 /tmp/smollm2-q4_0.gguf   # then, for its serving speed:
+    .venv/bin/python bench/serve_throughput.py --precisions q8_0 --gguf /tmp/smollm2-q4_0.gguf --concurrency 1,16
 
 Session 10 (AMD EPYC, AVX-512 BF16, 2 cores; the PyPI xllamacpp wheel, compiled for AVX2) is in
 docs/infer.md ("Answering the demo's long prompts").
@@ -110,7 +112,14 @@ def main() -> None:
     ap.add_argument("--alone", type=int, default=3, help="requests answered one at a time first (the demo's latency_samples)")
     ap.add_argument("--parity", type=int, default=0, help="also compare the first N answers with the HF fp32 reference")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--write-q4_0", metavar="FILE", help="only write the embedded model as the q4_0 GGUF described "
+                    "above to FILE (for bench/serve_throughput.py --gguf FILE) and exit")
     args = ap.parse_args()
+    if args.write_q4_0:
+        from tunewise.infer.llamacpp import gguf_for
+
+        print(f"wrote {requantise(gguf_for('smollm2-135m', 'f32')[0], Path(args.write_q4_0))}")
+        return
 
     from tunewise.hardware import cpu_info, describe_cpu
     from tunewise.infer import Request
