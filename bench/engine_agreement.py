@@ -22,6 +22,8 @@ from pathlib import Path
 
 
 def load(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
+    if not (folder / "report.json").is_file():
+        raise SystemExit(f"{folder}: no report.json here; pass the output_dir of a finished `tunewise compare`")
     rep = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     outs = {}
     for arm in rep["arms"]:
@@ -72,7 +74,7 @@ def main() -> None:
     same_rec = rec_a.get("arm") == rec_b.get("arm")
     print(f"recommendation: A {rec_a.get('arm')!r}, B {rec_b.get('arm')!r} ({'the same' if same_rec else 'DIFFERENT'})")
     for label, rec in (("A", rec_a), ("B", rec_b)):
-        for line in (rec.get("lines") or [])[:3]:
+        for line in (rec.get("statements") or [])[:2]:
             print(f"  {label}: {line}")
     if args.out:
         Path(args.out).write_text(json.dumps({"a": str(args.a), "b": str(args.b), "engine_a": ea, "engine_b": eb,
