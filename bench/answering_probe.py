@@ -91,7 +91,8 @@ def arm_prompts(arm_name: str, work: Path) -> tuple[list[list[dict]], int]:
     return _build_all(runner, examples).messages, cfg.max_new_tokens
 
 
-def parse_variant(v: str) -> tuple[str, str, int]:
+def parse_variant(v: str) -> tuple[str, str, str, int]:
+    """``v`` as (label, GGUF type or file, speculative, cache MiB)."""
     parts = v.split("+")
     spec, cache = "off", 0
     for p in parts[1:]:
@@ -101,7 +102,7 @@ def parse_variant(v: str) -> tuple[str, str, int]:
             cache = int(p[5:])
         else:
             raise SystemExit(f"variant {v!r}: unknown option {p!r} (use +ngram or +cacheMIB)")
-    return parts[0], spec, cache
+    return v, parts[0], spec, cache
 
 
 def main() -> None:
@@ -145,7 +146,7 @@ def main() -> None:
             tokenizer = hf.tokenizer
             hf.close()
         rows, first_texts = [], None
-        for typ, spec, cache in variants:
+        for label, typ, spec, cache in variants:
             ref = typ if typ.endswith(".gguf") else "smollm2-135m"
             if typ == "q4_0":
                 ref = str(requantise(gguf_for("smollm2-135m", "f32")[0], work / "smollm2-135m-q4_0.gguf"))
@@ -161,7 +162,7 @@ def main() -> None:
             texts = [c.text for c in done]
             first_texts = first_texts or texts
             tokens = sum(c.output_tokens for c in done)
-            row = {"variant": "+".join([typ] + (["ngram"] if spec != "off" else []) + ([f"cache{cache}"] if cache else [])),
+            row = {"variant": label,
                    "precision": eng.precision, "alone_s": t1 - t0, "batch_s": t2 - t1, "total_s": t2 - t0,
                    "tokens": tokens, "tokens_per_s": tokens / (t2 - t0),
                    "same_as_first": sum(a == b for a, b in zip(texts, first_texts)),
