@@ -59,12 +59,12 @@ def test_compare_on_llamacpp_gates_each_model_and_reports_latency_and_throughput
 
     files, run = setup
     gated: dict[str, list] = {}
+    open_checked = runner.open_checked
 
     def spy(ref, *args, **kwargs):
         gated[ref] = [r.messages for r in args[3]]  # (engine, precision, reference, prompts)
         return open_checked(ref, *args, **kwargs)
 
-    open_checked = runner.open_checked
     monkeypatch.setattr(runner, "open_checked", spy)
     res = run_compare(cfg(files, talky, run, output_dir=str(tmp_path / "report")), quiet=True)
     # the base model's check takes its prompts in turn from its two arms (prompt, few-shot), so the

@@ -32,6 +32,7 @@ from tunewise.evaluate import (
     score_answers,
     write_outputs,
 )
+from tunewise.infer.parity import spread_prompts
 from tunewise.infer.run import Checked, concurrency_of, ctx_for, open_checked, progress_callback, resolve_engine, run_all
 from tunewise.infer.types import Request
 from tunewise.formatting import money
@@ -259,8 +260,6 @@ class _LocalEngines:
         """Open every local model's engine; ``models`` maps each to the prompts of each arm that uses
         it (the parity check takes ``parity_prompts`` of them in turn from each arm,
         :func:`~tunewise.infer.parity.spread_prompts`). Loss is computed here by the reference."""
-        from tunewise.infer.parity import spread_prompts
-
         cfg = self.cfg
         for ref, per_arm in models.items():
             prompts = [m for arm_prompts in per_arm for m in arm_prompts]
