@@ -159,6 +159,18 @@ def test_llamacpp_stop_string_seed_and_stream(cpp_engine):
     assert cpp_engine.generate([Request(MSG, max_tokens=16)])[0].text == full.text
 
 
+def test_llamacpp_greedy_asks_for_top_k_1_and_answers_as_a_whole_vocabulary_argmax(cpp_engine):
+    """Greedy requests reach llama.cpp with top_k 1 (the fast path through its sampler chain);
+    sampled ones keep the whole vocabulary. The greedy answers are those of top_k 0."""
+    greedy, sampled = Request(MSG, max_tokens=16), Request(MSG, max_tokens=16, temperature=0.8)
+    assert cpp_engine._body(greedy)["top_k"] == 1 and cpp_engine._body(sampled)["top_k"] == 0
+    reqs = questions(6, max_tokens=16)
+    fast = cpp_engine.generate(reqs)
+    for r, c in zip(reqs, fast):
+        whole = cpp_engine._call(dict(cpp_engine._body(r), top_k=0))
+        assert c.text == whole["choices"][0]["message"]["content"].strip()
+
+
 def test_ngram_speculation_drafts_tokens_and_changes_no_answer(cpp_engine, tiny_gguf):
     """Speculative decoding with n-gram drafts is lossless: the same greedy answers (generated and
     streamed) as without it, while the model really checked drafted tokens."""

@@ -290,10 +290,15 @@ class LlamaCppEngine:
     # -- requests ------------------------------------------------------------------------------
 
     def _body(self, request: Request, **extra) -> dict:
+        greedy = request.temperature <= 0
         body = {"messages": request.messages, "max_tokens": request.max_tokens,
                 "temperature": request.temperature, "top_p": request.top_p,
-                # only what Request names: llama.cpp's own top_k 40 and min_p 0.05 are switched off
-                "top_k": 0, "min_p": 0.0, **extra}
+                # only what Request names: llama.cpp's own top_k 40 and min_p 0.05 are switched off.
+                # Greedy keeps the most likely token; top_k 1 is that same choice made first, and
+                # spares llama.cpp's sampler chain a pass over the whole vocabulary for every token
+                # (SmolLM2's 49,152: 1.27x the tokens/s for one request, 1.28x at 16, measured in
+                # session 11, the same answers).
+                "top_k": 1 if greedy else 0, "min_p": 0.0, **extra}
         if request.stop:
             body["stop"] = list(request.stop)
         if request.seed is not None:
