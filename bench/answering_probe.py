@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tunewise.infer.run import PARITY_MAX_TOKENS as GATE_TOKENS
+
 
 def requantise(src: Path, dst: Path, qtype: str = "Q4_0", embed_type: str = "Q8_0") -> Path:
     """Write ``src`` (an f32/f16 GGUF) to ``dst`` with every 2-D weight in ``qtype`` (the token
@@ -145,14 +147,15 @@ def main() -> None:
             print(f"HF fp32 reference: {args.parity} answers in {time.perf_counter() - t0:.1f} s", flush=True)
             tokenizer = hf.tokenizer
             hf.close()
+            ref_cut = [tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)[:GATE_TOKENS]) for t in ref_texts]
         rows, first_texts = [], None
         for label, typ, spec, cache in variants:
             ref = typ if typ.endswith(".gguf") else "smollm2-135m"
             if typ == "q4_0":
                 ref = str(requantise(gguf_for("smollm2-135m", "f32")[0], work / "smollm2-135m-q4_0.gguf"))
             eng = LlamaCppEngine(ref, precision="auto" if ref.endswith(".gguf") else typ, n_parallel=args.slots,
-                                 ctx_per_request=1280,  # ~820 prompt + 200 new tokens cache_ram_mib=cache,
-                                 speculative=spec)
+                                 ctx_per_request=1280,  # ~820 prompt + 200 new tokens
+                                 cache_ram_mib=cache, speculative=spec)
             t0 = time.perf_counter()
             done = [eng.generate([r])[0] for r in reqs[:args.alone]]
             t1 = time.perf_counter()
@@ -173,17 +176,24 @@ def main() -> None:
                 row.update(parity_identical=rep.identical, parity_prefix=rep.mean_prefix,
                            parity_divergences=[{"prompt": d.index, "position": d.position, "reference": d.reference,
                                                 "fast": d.fast} for d in rep.divergences])
+                # the parity gate's own view: greedy answers cut to its GATE_TOKENS new tokens (a
+                # greedy answer's first k tokens are the k-token answer)
+                cut = [tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)[:GATE_TOKENS]) for t in texts[:args.parity]]
+                gate = compare_texts(ref_cut, cut, tokenizer, precision=eng.precision)
+                row.update(gate_identical=gate.identical, gate_prefix=gate.mean_prefix, gate_passed=gate.passed)
             rows.append(row)
             print(f"  {row['variant']}: {row['total_s']:.1f} s", flush=True)
     base = rows[0]["total_s"]
     print(f"\n{'variant':<22}{'alone s':>9}{'batch s':>9}{'total s':>9}{'tok/s':>8}{'vs first':>10}"
-          f"{'same':>7}{'cached/prompt tok':>20}" + ("  parity vs HF fp32 (identical, prefix)" if ref_texts else ""))
+          f"{'same':>7}{'cached/prompt tok':>20}" + (f"  parity vs HF fp32 (identical, prefix; first {GATE_TOKENS} tokens)"
+                                                     if ref_texts else ""))
     for r in rows:
         line = (f"{r['variant']:<22}{r['alone_s']:>9.1f}{r['batch_s']:>9.1f}{r['total_s']:>9.1f}{r['tokens_per_s']:>8.1f}"
                 f"{base / r['total_s']:>9.2f}x{r['same_as_first']:>4}/{len(reqs):<3}"
                 f"{r['cached_prompt_tokens']:>9}/{r['prompt_tokens']:<10}")
         if ref_texts is not None:
-            line += f"  {r['parity_identical']:.0%}, {r['parity_prefix']:.0%}"
+            line += (f"  {r['parity_identical']:.0%}, {r['parity_prefix']:.0%}; {r['gate_identical']:.0%}, "
+                     f"{r['gate_prefix']:.0%} ({'passes' if r['gate_passed'] else 'fails'} the gate)")
         print(line)
     if args.out:
         Path(args.out).write_text(json.dumps({"cpu": describe_cpu(cpu_info()), "llamacpp_built_for": build_isa(),

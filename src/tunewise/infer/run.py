@@ -146,9 +146,13 @@ class Checked:
     notes: list[str] = field(default_factory=list)
 
 
+#: new tokens of each parity-gate answer: cheap, and a near-tie late in a long answer does not fail it
+PARITY_MAX_TOKENS = 32
+
+
 def open_checked(ref: str, engine: str, precision: str, reference: Engine | Callable[[], Engine],
                  prompts: Sequence[Request], on_failure: str = "fallback", n_parallel: int | None = None,
-                 ctx_per_request: int | None = None, max_tokens: int = 32) -> Checked:
+                 ctx_per_request: int | None = None, max_tokens: int = PARITY_MAX_TOKENS) -> Checked:
     """Open ``engine`` on ``ref``; when it is the fast one, check its greedy answers to ``prompts``
     (cut to ``max_tokens``) against ``reference`` (an HF engine, or a function that opens one).
 
