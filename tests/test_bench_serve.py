@@ -135,3 +135,25 @@ def test_soak_rss_after_warmup():
     samples = [(0.0, 0, 100), (0.5, 1, 150), (1.0, 3, 160), (1.5, 5, 190), (2.0, 6, 170)]
     assert rss_after_warmup(samples, 3) == (160, 170, 190)  # the first sample with 3 done, the last, the max since
     assert rss_after_warmup(samples, 9) == (170, 170, 170)  # warm-up never reached: only the last sample counts
+
+
+def test_rate_sweep_arrivals_capacity_and_turned_away_requests(tiny_hf_and_gguf, tmp_path):
+    """bench/serve_rate.py: seeded Poisson arrivals; a gentle rate is answered in full and counts
+    as capacity; a burst far past 1 slot + 1 queued request gets 429s and ends the sweep."""
+    import serve_rate
+
+    times = serve_rate.arrivals(4.0, 400, seed=3)
+    assert times[0] == 0 and times == sorted(times) and times == serve_rate.arrivals(4.0, 400, seed=3)
+    assert 0.2 < times[-1] / 399 < 0.3  # mean gap ~ 1/rate
+    _, gguf = tiny_hf_and_gguf
+    out = tmp_path / "rate.json"
+    proc = run_script("serve_rate.py", "--model", str(gguf), "--rates", "1,10000", "--requests", "6",
+                      "--new-tokens", "8", "--slots", "1", "--queue", "1", "--slo", "60", "--out", str(out))
+    data = json.loads(out.read_text())
+    gentle, burst = data["rows"]
+    assert gentle["answered"] == 6 and gentle["rejected"] == 0 and gentle["errors"] == []
+    assert 0 < gentle["latency_p50_s"] <= gentle["latency_p95_s"] <= 60 and gentle["tpot_p50_s"] > 0
+    assert gentle["tokens_per_s"] > 0 and gentle["answered_per_s"] > 0
+    assert burst["rejected"] >= 1 and burst["answered"] + burst["rejected"] == 6 and burst["errors"] == []
+    assert data["capacity"].startswith("capacity within p95 <= 60 s: 1 requests/s") and data["capacity"] in proc.stdout
+    assert serve_rate.within(gentle, 60) and not serve_rate.within(burst, 60)

@@ -388,16 +388,6 @@ def test_llamacpp_own_http_port_needs_the_engines_key(cpp_engine):
     assert engine.count_tokens([{"role": "user", "content": "hi"}]) > 0  # the engine's own calls pass
 
 
-def test_auto_gguf_type_is_bf16_only_on_builds_with_native_bf16(monkeypatch, talky_model_dir, tunewise_home):
-    from tunewise.infer import llamacpp
-
-    assert llamacpp.default_gguf_type("AVX2") == "f16" and llamacpp.default_gguf_type("AVX-512") == "f16"
-    assert llamacpp.default_gguf_type("AVX-512 BF16") == "bf16" and llamacpp.default_gguf_type("AMX") == "bf16"
-    monkeypatch.setattr(llamacpp, "build_isa", lambda: "AVX-512 BF16")
-    path, kind = llamacpp.gguf_for(str(talky_model_dir))
-    assert kind == "bf16" and path.name.endswith("-bf16.gguf") and llamacpp.gguf_file_type(path) == "bf16"
-
-
 def test_build_isa_reads_llama_cpp_system_info():
     from tunewise.infer.llamacpp import build_isa
 

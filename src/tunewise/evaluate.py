@@ -99,7 +99,7 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
     engine: Literal["auto", "hf", "hf-batch", "llama.cpp"] = Field(
         "auto", description="Inference engine: auto (llama.cpp when installed, else hf), hf (the reference), hf-batch (padded batches; fastest in bulk with native bf16) or llama.cpp.")
-    precision: str = Field("auto", description="llama.cpp: GGUF type (auto = f16, or bf16 on a llama.cpp build with native bf16; f32, bf16, q8_0); hf: auto/fp32/bf16.")
+    precision: str = Field("auto", description="llama.cpp: GGUF type (auto = f16, f32, bf16, q8_0); hf: auto/fp32/bf16.")
     n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")
     latency_samples: int = Field(5, ge=0, le=1000, description=(
         "Requests answered alone first, for latency at concurrency 1; the rest go at once (throughput)."))

@@ -61,7 +61,7 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="hf engine: load the weights in 4bit or 8bit."),
     engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed, else hf), hf, hf-batch or llama.cpp."),
-    precision: str = typer.Option("auto", "--precision", help="llama.cpp: auto (f16, or bf16 on a build with native bf16), f16, f32, bf16, q8_0; hf: fp32, bf16."),
+    precision: str = typer.Option("auto", "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
     speculative: str = typer.Option("ngram", "--speculative", help="llama.cpp: ngram (draft tokens from the "
                                     "conversation itself, checked by the model: same answers, faster) or off."),
 ) -> None:

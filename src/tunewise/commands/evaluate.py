@@ -24,7 +24,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", "-o", help="Per-example JSONL (default: eval-outputs.jsonl)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="auto (llama.cpp when installed), hf, hf-batch or llama.cpp."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="llama.cpp: auto (f16, or bf16 on a build with native bf16), f16, f32, bf16, q8_0; hf: fp32, bf16."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="llama.cpp: f16 (auto), f32, bf16, q8_0; hf: fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Evaluate a model: loss/perplexity, exact match, ROUGE-L, chrF, task checks, judge, latency.

@@ -45,7 +45,7 @@ def serve_cmd(
                                           "(default: $TUNEWISE_API_KEY; prefer the variable: flags show in `ps`)."),
     engine: str = typer.Option("auto", "--engine", help="auto (llama.cpp when installed), hf, hf-batch or llama.cpp."),
     precision: str = typer.Option("auto", "--precision", help="hf: auto/fp32/bf16/fp16; llama.cpp: GGUF type "
-                                  "an HF model is converted to (auto = f16, or bf16 on a llama.cpp build with native bf16)."),
+                                  "an HF model is converted to (auto = f16)."),
     parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Requests generated at once "
                                            "(llama.cpp's slots; default: the engine's)."),
     speculative: str = typer.Option("off", "--speculative", help="llama.cpp: ngram drafts tokens from each request's "

@@ -113,7 +113,7 @@ class CompareConfig(Strict):
     engine: Literal["auto", "hf", "hf-batch", "llama.cpp"] = Field("auto", description=(
         "Engine of every local arm: auto (llama.cpp when installed, else hf), hf (the reference), hf-batch (padded batches; fastest in bulk with native bf16) or llama.cpp."))
     precision: str = Field("auto", description=(
-        "Precision of every local arm: llama.cpp GGUF type (auto = f16, or bf16 on a llama.cpp build with native bf16; f32, bf16, q8_0) or hf (auto, fp32, bf16)."))
+        "Precision of every local arm: llama.cpp GGUF type (auto = f16, f32, bf16, q8_0) or hf (auto, fp32, bf16)."))
     n_parallel: int | None = Field(None, ge=1, le=256, description="llama.cpp: requests decoded together (default 8).")
     latency_samples: int = Field(5, ge=0, le=1000, description=(
         "Per local arm, eval inputs answered alone first (latency at concurrency 1); the rest go at once (throughput)."))

@@ -30,13 +30,12 @@ from typing import Callable, Iterator, Sequence
 from tunewise.errors import TunewiseError
 from tunewise.infer.types import Completion, Request
 
-#: GGUF types an HF model may be converted to; "auto" picks :func:`default_gguf_type`: f16, whose
+#: GGUF types an HF model may be converted to; "auto" picks :data:`DEFAULT_GGUF_TYPE`: f16, whose
 #: greedy answers matched the HF reference on every measured prompt (q8_0 is faster but parted
-#: ways on 6 of 8; see docs/infer.md), or bf16 on a llama.cpp build with native bf16 arithmetic.
+#: ways on 6 of 8; bf16 is 1.10-1.18x faster on a native bf16 build but answered the demo's
+#: questions word for word like the reference less often than f16; see docs/infer.md).
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"
-#: llama.cpp builds (:func:`build_isa`) whose bf16 dot products are native instructions
-BF16_BUILDS = ("AMX", "AVX-512 BF16")
 DEFAULT_N_PARALLEL = 8
 DEFAULT_CTX_PER_REQUEST = 4096
 #: Draft-token sources for speculative decoding: "ngram" drafts the continuation of the last 3
@@ -178,21 +177,9 @@ def _convert_merged(ref: str, out: Path, precision: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def default_gguf_type(build: str | None = None) -> str:
-    """What precision "auto" converts a model to for the installed llama.cpp (``build``: its
-    :func:`build_isa`, read when not given). bf16 where that build computes bf16 natively (`make
-    setup-native` on an AVX-512 BF16 or AMX CPU): there it answered the demo's few-shot notices
-    1.10-1.18x faster than f16 (two runs), its first 32 tokens all the reference's, as f16's
-    (bench/answering_probe_native_bf16.json, session 11). f16 everywhere else: PyPI's AVX2 wheel
-    converts bf16 in software."""
-    build = build_isa() if build is None else build
-    return "bf16" if build in BF16_BUILDS else DEFAULT_GGUF_TYPE
-
-
 def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
     """The GGUF file that runs ``ref`` and its weight type. A ``.gguf`` runs as it is (``precision``
-    must be "auto" or match it); anything else is converted once to ``precision`` (auto:
-    :func:`default_gguf_type`)."""
+    must be "auto" or match it); anything else is converted once to ``precision`` (auto: f16)."""
     from tunewise.export.gguf import convert
     from tunewise.models import resolve_model
 
@@ -210,7 +197,7 @@ def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
                                 "leave precision at auto to run the file as it is, or pass the HF model to convert")
         return ggufs[0], kind
     if precision == "auto":
-        precision = default_gguf_type()
+        precision = DEFAULT_GGUF_TYPE
     if precision not in GGUF_TYPES:
         raise TunewiseError(f"llama.cpp precision {precision!r} is not one tunewise can convert to",
                             f"use one of: auto, {', '.join(GGUF_TYPES)}")
