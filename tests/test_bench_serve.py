@@ -157,3 +157,8 @@ def test_rate_sweep_arrivals_capacity_and_turned_away_requests(tiny_hf_and_gguf,
     assert burst["rejected"] >= 1 and burst["answered"] + burst["rejected"] == 6 and burst["errors"] == []
     assert data["capacity"].startswith("capacity within p95 <= 60 s: 1 requests/s") and data["capacity"] in proc.stdout
     assert serve_rate.within(gentle, 60) and not serve_rate.within(burst, 60)
+    assert gentle["arrival_rate"] > 0 and gentle["completion_rate"] >= 0.9 * gentle["arrival_rate"]
+    # a short run that stayed within the latency bound while answers fell behind arrivals does not hold
+    behind = dict(gentle, completion_rate=0.5 * gentle["arrival_rate"])
+    assert not serve_rate.keeps_up(behind) and not serve_rate.within(behind, 60)
+    assert serve_rate.spread_rate([0.0, 1.0, 2.0, 4.0]) == 0.75 and serve_rate.spread_rate([3.0]) is None
