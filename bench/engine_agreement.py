@@ -6,7 +6,10 @@ same config and eval set — typically the fast engine's run and a rerun with `e
 paired difference over the same examples (sign-flip interval and p-value, compare.stats), how many
 answers are word-for-word the same, and whether the recommendation is the same.
 
-    # the demo's own run, then its format scenario again on the reference (the trained run reused):
+    # the demo, then the demo again on the reference (the same data; it trains its own runs):
+    .venv/bin/tunewise demo --engine hf --precision fp32 --out demo-ref
+    .venv/bin/python bench/engine_agreement.py tunewise-demo/format/report demo-ref/format/report
+    # or one scenario's config on the reference, reusing the trained run:
     .venv/bin/tunewise compare ref-format.yaml        # engine: hf, precision: fp32, arms[3].run: <run dir>
     .venv/bin/python bench/engine_agreement.py tunewise-demo/format/report ref/format
 

@@ -72,6 +72,20 @@ def test_write_scenario_gives_valid_configs_and_data(tmp_path):
     assert len(list((tmp_path / "knowledge" / "docs").glob("*.md"))) == len(knowledge.DOCS)
 
 
+def test_demo_engine_and_precision_reach_every_scenario_config(tmp_path, capsys):
+    for name in ("format", "knowledge"):
+        cfg = load_compare_config(write_scenario(name, tmp_path / name, quick=True, model="smollm2-135m",
+                                                 engine="hf", precision="fp32"))
+        assert (cfg.engine, cfg.precision) == ("hf", "fp32")
+    assert load_compare_config(write_scenario("format", tmp_path / "d", quick=True, model="m")).precision == "auto"
+    # a precision no engine knows stops the demo at its config, before any training, naming the key
+    code, out, err = run_cli(["demo", "--out", str(tmp_path / "bad"), "--scenario", "format", "--quick",
+                              "--precision", "q3"], capsys)
+    err = " ".join(err.split())
+    assert code == 1 and "precision: 'q3' is not known" in err and "q8_0" in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "format" / "report").exists()
+
+
 def test_unknown_scenario(tmp_path, capsys):
     code, out, err = run_cli(["demo", "--out", str(tmp_path), "--scenario", "poetry"], capsys)
     assert code == 1 and "unknown scenario 'poetry'" in err and "Traceback" not in err

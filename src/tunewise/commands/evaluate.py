@@ -168,14 +168,18 @@ def demo_cmd(
     scenario: str = typer.Option("all", "--scenario", help="format, knowledge or all."),
     quick: bool = typer.Option(False, "--quick", help="Tiny budget (smoke test; numbers are not meaningful)."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the embedded smollm2-135m)."),
+    engine: str = typer.Option("auto", "--engine", help="Every local arm's engine: auto (llama.cpp when installed), "
+                               "hf (the exact reference), hf-batch or llama.cpp."),
+    precision: str = typer.Option("auto", "--precision", help="Every local arm's precision: llama.cpp f16 (auto), "
+                                  "f32, bf16, q8_0; hf auto, fp32, bf16."),
 ) -> None:
     """The main job: two scenarios (legal notices, company policy Q&A), each trained, compared, reported.
 
-    Example: [bold]tunewise demo --out demo-out[/]
+    Example: [bold]tunewise demo --out demo-out[/]   (on the exact reference: [bold]tunewise demo --engine hf --precision fp32 --out demo-ref[/])
     """
     from tunewise.demo import run_demo
 
-    results = run_demo(out, scenario=scenario, quick=quick, model=model)
+    results = run_demo(out, scenario=scenario, quick=quick, model=model, engine=engine, precision=precision)
     for r in results:
         console.rule(f"[bold]{r.title}")
         print_compare_summary(r.report, r.html_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunewise.compare.stats import DEFAULT_TOLERANCE
 from tunewise.config import RunConfig, Strict
@@ -89,6 +89,10 @@ class Hardware(Strict):
     price_per_hour: float = Field(4.0, ge=0, description="Hourly price in `currency` (rented GPU, or a CPU box).")
 
 
+#: every local arm's precision: llama.cpp GGUF types and HF dtypes (with their long names)
+KNOWN_PRECISIONS = ("auto", "f32", "f16", "bf16", "q8_0", "fp32", "fp16", "float32", "float16", "bfloat16")
+
+
 class CompareConfig(Strict):
     """Run several arms on the same eval set with the same metrics, then recommend one."""
 
@@ -140,6 +144,15 @@ class CompareConfig(Strict):
     sample_outputs: int = Field(6, ge=0, le=100, description="Examples shown side by side in the report.")
     output_dir: str = Field("reports/compare", description="Where report.json, report.html and outputs go.")
     arms: list[Arm] = Field(..., min_length=1, description="The arms to compare.")
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        # checked here, not when the first local arm opens its engine (after a training run)
+        if value.lower() not in KNOWN_PRECISIONS:
+            raise ValueError(f"{value!r} is not known; use one of: {', '.join(KNOWN_PRECISIONS)} "
+                             "(llama.cpp: f32, f16, bf16, q8_0; hf: fp32, bf16, fp16)")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CompareConfig":

@@ -53,8 +53,10 @@ def _train_section(quick: bool, steps: int, lr: float) -> dict[str, Any]:
             "warmup_ratio": 0.1, "logging_steps": 1, "packing": True}
 
 
-def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
-    """Write the scenario's data and its compare config under ``root``; returns the config path."""
+def write_scenario(name: str, root: Path, quick: bool, model: str, engine: str = "auto",
+                   precision: str = "auto") -> Path:
+    """Write the scenario's data and its compare config under ``root``; returns the config path.
+    ``engine`` and ``precision`` go into the config as they are (compare's own defaults: "auto")."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
@@ -67,6 +69,7 @@ def write_scenario(name: str, root: Path, quick: bool, model: str) -> Path:
         # 16 slots instead of 8 gained nothing here (+15 % and -8 % on the few-shot prompts in two
         # runs), so the engine keeps its default.
         "latency_samples": 3,
+        "engine": engine, "precision": precision,
     }
     if name == "format":
         from tunewise.demo import notices
@@ -164,8 +167,10 @@ def summary_markdown(results: list[DemoResult], total_seconds: float | None = No
 
 
 def run_demo(out: str | Path, scenario: str = "all", quick: bool = False, model: str | None = None,
-             quiet: bool = False) -> list[DemoResult]:
-    """Run the demo scenarios into ``out``; returns each scenario's report."""
+             quiet: bool = False, engine: str = "auto", precision: str = "auto") -> list[DemoResult]:
+    """Run the demo scenarios into ``out``; returns each scenario's report. ``engine`` and
+    ``precision`` are every local arm's (compare's): e.g. "hf" and "fp32" rerun it on the exact
+    reference, to check its figures with bench/engine_agreement.py."""
     from rich.console import Console
 
     from tunewise.compare import load_compare_config, run_compare
@@ -182,7 +187,7 @@ def run_demo(out: str | Path, scenario: str = "all", quick: bool = False, model:
         start = time.perf_counter()
         root = out / name
         console.rule(f"[bold]{TITLES[name]}[/] (scenario {i}/{len(names)})")
-        cfg_path = write_scenario(name, root, quick, model)
+        cfg_path = write_scenario(name, root, quick, model, engine, precision)
         console.print(f"  data and config written to {root} ({cfg_path.name})", highlight=False)
         cfg = load_compare_config(cfg_path)
         check_data(root, model, 256 if quick else 512, console, cfg.quality_tolerance)
