@@ -299,6 +299,10 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
     return precision
 
 
+#: the dtype names :func:`resolve_dtype` accepts besides "auto"
+DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
 def resolve_dtype(dtype: Any = None, device: str | None = None):
     """``None``/"auto": bf16 where the hardware computes it natively (see :func:`bf16_native`),
     else fp32. Also accepts names and dtypes."""
@@ -308,8 +312,8 @@ def resolve_dtype(dtype: Any = None, device: str | None = None):
         return torch.bfloat16 if bf16_native(device) else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = dict(zip(DTYPE_NAMES, (torch.float32, torch.float32, torch.bfloat16, torch.bfloat16,
+                                   torch.float16, torch.float16)))
     if str(dtype) not in names:
         raise TunewiseError(f"unknown dtype '{dtype}'", f"use one of: auto, {', '.join(names)}")
     return names[str(dtype)]

@@ -11,6 +11,8 @@ from tunewise.compare.stats import DEFAULT_TOLERANCE
 from tunewise.config import RunConfig, Strict
 from tunewise.costs import DEFAULT_REVIEW_MINUTES
 from tunewise.evaluate import JudgeConfig, MetricName, TaskChecks
+from tunewise.infer.llamacpp import GGUF_TYPES
+from tunewise.models import DTYPE_NAMES
 
 ARM_TYPES = ("prompt", "few_shot", "rag", "finetuned", "api")
 
@@ -89,8 +91,8 @@ class Hardware(Strict):
     price_per_hour: float = Field(4.0, ge=0, description="Hourly price in `currency` (rented GPU, or a CPU box).")
 
 
-#: every local arm's precision: llama.cpp GGUF types and HF dtypes (with their long names)
-KNOWN_PRECISIONS = ("auto", "f32", "f16", "bf16", "q8_0", "fp32", "fp16", "float32", "float16", "bfloat16")
+#: every local arm's precision: llama.cpp's GGUF types and the HF dtype names
+KNOWN_PRECISIONS = tuple(dict.fromkeys(("auto", *GGUF_TYPES, *DTYPE_NAMES)))
 
 
 class CompareConfig(Strict):
@@ -151,7 +153,7 @@ class CompareConfig(Strict):
         # checked here, not when the first local arm opens its engine (after a training run)
         if value.lower() not in KNOWN_PRECISIONS:
             raise ValueError(f"{value!r} is not known; use one of: {', '.join(KNOWN_PRECISIONS)} "
-                             "(llama.cpp: f32, f16, bf16, q8_0; hf: fp32, bf16, fp16)")
+                             f"(llama.cpp: {', '.join(GGUF_TYPES)}; hf: fp32, bf16, fp16)")
         return value
 
     @model_validator(mode="after")
