@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from tunewise.infer.run import PARITY_MAX_TOKENS as GATE_TOKENS
+from tunewise.paths import atomic_write_text
 
 
 def requantise(src: Path, dst: Path, qtype: str = "Q4_0", embed_type: str = "Q8_0") -> Path:
@@ -147,7 +148,12 @@ def main() -> None:
             print(f"HF fp32 reference: {args.parity} answers in {time.perf_counter() - t0:.1f} s", flush=True)
             tokenizer = hf.tokenizer
             hf.close()
-            ref_cut = [tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)[:GATE_TOKENS]) for t in ref_texts]
+            def gate_cut(texts: list[str]) -> list[str]:
+                """Answers cut to the gate's GATE_TOKENS new tokens (a greedy answer's first k
+                tokens are the k-token answer)."""
+                return [tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)[:GATE_TOKENS]) for t in texts]
+
+            ref_cut = gate_cut(ref_texts)
         rows, first_texts = [], None
         for label, typ, spec, cache in variants:
             ref = typ if typ.endswith(".gguf") else "smollm2-135m"
@@ -176,10 +182,7 @@ def main() -> None:
                 row.update(parity_identical=rep.identical, parity_prefix=rep.mean_prefix,
                            parity_divergences=[{"prompt": d.index, "position": d.position, "reference": d.reference,
                                                 "fast": d.fast} for d in rep.divergences])
-                # the parity gate's own view: greedy answers cut to its GATE_TOKENS new tokens (a
-                # greedy answer's first k tokens are the k-token answer)
-                cut = [tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)[:GATE_TOKENS]) for t in texts[:args.parity]]
-                gate = compare_texts(ref_cut, cut, tokenizer, precision=eng.precision)
+                gate = compare_texts(ref_cut, gate_cut(texts[:args.parity]), tokenizer, precision=eng.precision)  # the gate's view
                 row.update(gate_identical=gate.identical, gate_prefix=gate.mean_prefix, gate_passed=gate.passed)
             rows.append(row)
             print(f"  {row['variant']}: {row['total_s']:.1f} s", flush=True)
@@ -196,9 +199,9 @@ def main() -> None:
                      f"{r['gate_prefix']:.0%} ({'passes' if r['gate_passed'] else 'fails'} the gate)")
         print(line)
     if args.out:
-        Path(args.out).write_text(json.dumps({"cpu": describe_cpu(cpu_info()), "llamacpp_built_for": build_isa(),
-                                              "arm": args.arm, "slots": args.slots, "alone": args.alone,
-                                              "rows": rows}, indent=1))
+        atomic_write_text(Path(args.out), json.dumps({"cpu": describe_cpu(cpu_info()), "llamacpp_built_for": build_isa(),
+                                                      "arm": args.arm, "slots": args.slots, "alone": args.alone,
+                                                      "rows": rows}, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -56,6 +56,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tunewise.compare.stats import paired
+    from tunewise.paths import atomic_write_text
 
     (ra, oa), (rb, ob) = load(args.a), load(args.b)
     if not same_eval_set(ra, rb):
@@ -92,9 +93,9 @@ def main() -> None:
         for line in (rec.get("statements") or [])[:2]:
             print(f"  {label}: {line}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"a": str(args.a), "b": str(args.b), "engine_a": ea, "engine_b": eb,
-                                              "metric": metric, "rows": rows, "recommendation_a": rec_a.get("arm"),
-                                              "recommendation_b": rec_b.get("arm")}, indent=1))
+        atomic_write_text(Path(args.out), json.dumps({"a": str(args.a), "b": str(args.b), "engine_a": ea, "engine_b": eb,
+                                                      "metric": metric, "rows": rows, "recommendation_a": rec_a.get("arm"),
+                                                      "recommendation_b": rec_b.get("arm")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=1.0, help="the requests' top_p (1: off; OpenAI clients often send 0.95 or 0.9)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
+    if min(args.concurrency, args.rounds, args.single, args.new_tokens) < 1:
+        ap.error("--concurrency, --rounds, --single and --new-tokens take whole numbers of at least 1")
+    if not 0 < args.top_p <= 1:
+        ap.error("--top-p takes a number above 0 and at most 1, e.g. 0.95")
 
     from tunewise.hardware import cpu_info, describe_cpu
     from tunewise.infer.llamacpp import LlamaCppEngine, build_isa

@@ -91,6 +91,7 @@ def spread_rate(times: list[float]) -> float | None:
 
 def rate_row(rate: float, results: list[dict], wall: float) -> dict:
     ok = [r for r in results if r["status"] == "ok"]
+    settled = results[len(results) // 4:]  # after the first quarter, which meets an idle server
     tokens = sum(r["tokens"] for r in ok)
     tpot = [(r["latency_s"] - r["ttft_s"]) / (r["tokens"] - 1) for r in ok
             if r.get("ttft_s") is not None and r["tokens"] > 1]
@@ -100,10 +101,10 @@ def rate_row(rate: float, results: list[dict], wall: float) -> dict:
             "wall_s": wall, "answered_per_s": len(ok) / wall if wall > 0 else 0.0,
             # the rate requests really arrived at (this sample of the Poisson process), and the
             # rate answers came back at: a server that keeps up answers as fast as they arrive.
-            # Both over the requests after the first quarter: the first ones meet an idle server
-            # and come back sooner than any later one, which alone would read as falling behind.
-            "arrival_rate": spread_rate([r["sent_s"] for r in results[len(results) // 4:]]),
-            "completion_rate": spread_rate([r["done_s"] for r in results[len(results) // 4:] if r["status"] == "ok"]),
+            # Both over the settled requests: the first ones meet an idle server and come back
+            # sooner than any later one, which alone would read as falling behind.
+            "arrival_rate": spread_rate([r["sent_s"] for r in settled]),
+            "completion_rate": spread_rate([r["done_s"] for r in settled if r["status"] == "ok"]),
             "per_request": [{k: r.get(k) for k in ("status", "sent_s", "done_s", "ttft_s", "tokens")} for r in results],
             "tokens_per_s": tokens / wall if wall > 0 else 0.0,
             "ttft_p50_s": percentile([r["ttft_s"] for r in ok], 50), "ttft_p95_s": percentile([r["ttft_s"] for r in ok], 95),
@@ -147,6 +148,8 @@ def main() -> None:
         ap.error("--rates takes comma-separated numbers, e.g. 0.5,1,2")
     if not rates or rates[0] <= 0 or args.requests < 2:
         ap.error("--rates must be positive and --requests at least 2")
+    if args.slots < 1 or args.queue < 0 or args.new_tokens < 1 or args.slo <= 0:
+        ap.error("--slots and --new-tokens take at least 1, --queue 0 or more, --slo a positive number of seconds")
 
     from tunewise.hardware import cpu_info, describe_cpu
     from tunewise.infer.llamacpp import LlamaCppEngine, build_isa

@@ -162,3 +162,29 @@ def test_rate_sweep_arrivals_capacity_and_turned_away_requests(tiny_hf_and_gguf,
     behind = dict(gentle, completion_rate=0.5 * gentle["arrival_rate"])
     assert not serve_rate.keeps_up(behind) and not serve_rate.within(behind, 60)
     assert serve_rate.spread_rate([0.0, 1.0, 2.0, 4.0]) == 0.75 and serve_rate.spread_rate([3.0]) is None
+
+
+def test_greedy_sampler_measures_both_top_k_and_keeps_the_answers(tiny_hf_and_gguf, tmp_path):
+    """bench/greedy_sampler.py on the tiny model: a row per round, concurrency and top_k, both
+    ratios, and greedy answers that top_k 1 does not change when requests run one at a time."""
+    _, gguf = tiny_hf_and_gguf
+    out = tmp_path / "greedy.json"
+    proc = run_script("greedy_sampler.py", "--model", str(gguf), "--concurrency", "2", "--single", "2",
+                      "--rounds", "1", "--new-tokens", "8", "--top-p", "0.95", "--out", str(out))
+    assert proc.stdout.startswith("CPU: ") and "top_k 1 / top_k 0 = " in proc.stdout
+    data = json.loads(out.read_text())
+    assert [(r["concurrency"], r["top_k"], r["requests"]) for r in data["rows"]] == [(1, 0, 2), (1, 1, 2), (2, 0, 4), (2, 1, 4)]
+    assert all(r["tokens_per_s"] > 0 for r in data["rows"]) and data["ratio_c1"] > 0 and data["ratio_c2"] > 0
+    assert data["answers"] == 6 and data["identical_answers"] >= 2 and data["top_p"] == 0.95
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("greedy_sampler.py", ["--rounds", "0"], "at least 1"),
+    ("greedy_sampler.py", ["--top-p", "1.5"], "--top-p takes a number above 0"),
+    ("serve_rate.py", ["--rates", "fast"], "--rates takes comma-separated numbers"),
+    ("serve_rate.py", ["--slots", "0"], "--slots and --new-tokens take at least 1"),
+])
+def test_bench_scripts_refuse_bad_options_without_a_traceback(script, args, message):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
