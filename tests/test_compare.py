@@ -4,6 +4,7 @@ type on the tiny model (the API arm against a local fake OpenAI-compatible serve
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -193,11 +194,17 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
             assert a[key] is not None, (a["name"], key)
         assert (res.output_dir / a["outputs_file"]).is_file()
     assert rep["primary_metric"] == "checks"
-    # local cost = ₹36/hour ÷ queries/hour × 1000: measured throughput, or one query at a time (with a
-    # note), less the shared prefix's prefill that a serving engine's prompt cache saves
+    # local cost: the queries/hour sustained — measured throughput, or one query at a time (with a note),
+    # less the shared prefix's prefill that a serving engine's prompt cache saves — × 50 % utilisation
+    # × 730 h is what one box serves a month; the ₹36/hour box is kept on all month (the default), and one
+    # serves the 50,000 queries: ₹26,280 a month, ₹525.60 per 1,000 queries
     p = by["prompt"]
     pr = p["pricing"]
-    assert p["cost_per_1k_queries"] == pytest.approx(36.0 / pr["queries_per_hour"] * 1000)
+    assert pr["always_on"] and pr["utilisation"] == 0.5
+    assert pr["queries_per_machine_month"] == pytest.approx(pr["queries_per_hour"] * 0.5 * 730)
+    assert pr["machines"] == max(1, math.ceil(50_000 / pr["queries_per_machine_month"]))
+    assert p["monthly_running_cost"] == pytest.approx(pr["machines"] * 36.0 * 730)
+    assert p["cost_per_1k_queries"] == pytest.approx(p["monthly_running_cost"] / 50)
     if pr["method"] == "sequential":
         assert pr["queries_per_hour"] == pytest.approx(3600 / (p["seconds_per_query"] - pr["prefix_seconds_saved"]))
         assert any("priced from sequential latency" in n for n in p["notes"])
@@ -210,7 +217,8 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     # demonstrations (2 min each at the default ₹600/hour), the fine-tuned arm trained (₹3.60) on
     # examples its fake run did not record (said in a note)
     assert rep["pricing"]["amortise_months"] == 12 and rep["pricing"]["reviewer_hourly_rate"] == 600
-    assert p["monthly_cost"] == pytest.approx(p["cost_per_1k_queries"] * 50)
+    assert p["monthly_cost"] == pytest.approx(p["monthly_running_cost"])
+    assert res.output_dir.joinpath("charts", "cost_by_volume.png").stat().st_size > 1000
     fs = by["few_shot"]
     assert fs["one_off"]["labelled_examples"] == 2 and fs["one_off"]["data_prep"] == pytest.approx(40.0)
     assert fs["monthly_cost"] == pytest.approx(fs["cost_per_1k_queries"] * 50 + 40.0 / 12)
@@ -249,7 +257,8 @@ def test_compare_every_arm_type(tiny_model_dir, files, monkeypatch):
     assert rep["recommendation"]["decision"] == "tie"  # 2 examples separate nothing
     assert rep["eval_size"]["small"] and rep["caveat"].startswith("Small eval set: 2 held-out examples")
     html = res.html_path.read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") == 4  # quality-vs-cost, metrics, latency, loss curve
+    assert html.count("data:image/png;base64,") == 5  # quality-vs-cost, cost by volume, metrics, latency, loss curve
+    assert "id=\"chart-cost-volume\"" in html
     assert "id='recommendation'" in html and "no-key" in html and "not measured" in html
     assert "id='pricing-arms'" in html and "one-off costs ÷ 12 months" in html  # how each arm was priced
     assert html.index("id='caveat'") < html.index("id='recommendation'") and "Unresolved (a tie)" in html

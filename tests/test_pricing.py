@@ -19,8 +19,12 @@ from tunewise.costs import (
     API_MIN_CACHED_PREFIX_TOKENS,
     OneOffCosts,
     api_cost_per_1k_usd,
+    DEFAULT_LOCAL_UTILISATION,
+    CostAssumptions,
+    cost_options,
     local_serving_price,
-    monthly_cost,
+    machines_needed,
+    running_monthly_at,
     shared_prefix_tokens,
 )
 
@@ -124,14 +128,13 @@ def test_amortisation_adds_training_and_data_preparation_over_the_months():
     assert one.review_hours == pytest.approx(320 * 2 / 60)
     assert one.data_prep == pytest.approx(320 * 2 / 60 * 600)  # ₹6,400
     assert one.total == pytest.approx(6403.6) and one.monthly == pytest.approx(6403.6 / 12)
-    assert monthly_cost(19.57, 100_000, one) == pytest.approx(1957 + 6403.6 / 12)
-    assert monthly_cost(19.57, 100_000) == pytest.approx(1957)
     assert OneOffCosts(0.0, None, 2.0, 600.0, 12).total == 0
 
 
 def _cfg(**kw) -> CompareConfig:
-    return CompareConfig(kind="compare", eval_file="eval.jsonl", arms=[{"type": "prompt"}],
-                         hardware={"name": "box", "price_per_hour": 36.0}, monthly_queries=50_000, **kw)
+    kw.setdefault("hardware", {"name": "box", "price_per_hour": 36.0})
+    return CompareConfig(kind="compare", eval_file="eval.jsonl", arms=[{"type": "prompt"}], monthly_queries=50_000,
+                         **kw)
 
 
 def _rep(kind: str, **kw) -> dict:
@@ -150,10 +153,12 @@ def test_price_arm_writes_running_and_one_off_costs(tmp_path):
                                 extra={"cached_tokens": 30})] * 2
     price_arm(fs, None, runner, prompts, in_cache, cfg, rate=90.0)
     assert 0 < fs["pricing"]["shared_prefix_tokens"] < 30 and fs["pricing"]["prefix_seconds_saved"] == 0
-    assert fs["pricing"]["method"] == "throughput" and fs["cost_per_1k_queries"] == pytest.approx(36 / 7200 * 1000)
+    # one box on all month (default): 7,200/hour × 50 % × 730 h serves 2.6M a month, so 50,000 queries pay one box
+    assert fs["pricing"]["method"] == "throughput" and fs["pricing"]["machines"] == 1
+    assert fs["monthly_running_cost"] == pytest.approx(36 * 730)
+    assert fs["cost_per_1k_queries"] == pytest.approx(36 * 730 / 50_000 * 1000)
     assert fs["cost_per_1k_queries_usd"] == pytest.approx(fs["cost_per_1k_queries"] / 90)
     assert fs["one_off"]["labelled_examples"] == 3 and fs["one_off"]["data_prep"] == pytest.approx(3 * 3 / 60 * 800)
-    assert fs["monthly_running_cost"] == pytest.approx(fs["cost_per_1k_queries"] * 50)
     assert fs["monthly_cost"] == pytest.approx(fs["monthly_running_cost"] + 120.0 / 6)
     assert not any("sequential" in n for n in fs["notes"])
     # fine-tuned: training cost + every conversation its run read, no throughput → the noted fallback
@@ -163,6 +168,8 @@ def test_price_arm_writes_running_and_one_off_costs(tmp_path):
     ft = _rep("finetuned", training={"run_dir": str(run), "cost": 12.0})
     price_arm(ft, None, Arm("ft", "finetuned", str(run)), prompts, answers, cfg, rate=90.0)
     assert ft["pricing"]["method"] == "sequential" and any("priced from sequential latency" in n for n in ft["notes"])
+    # 3,600 queries/hour one at a time × 50 % × 730 h = 1.31M a month: the same one box as the faster arm
+    assert ft["monthly_running_cost"] == pytest.approx(fs["monthly_running_cost"])
     assert ft["one_off"]["labelled_examples"] == 60 and ft["one_off"]["training"] == 12.0
     assert ft["monthly_cost"] == pytest.approx(ft["monthly_running_cost"] + (12.0 + 60 * 3 / 60 * 800) / 6)
     # a run that did not record its examples: training only, and a note saying so
@@ -178,6 +185,66 @@ def test_price_arm_writes_running_and_one_off_costs(tmp_path):
     docs = _rep("rag")
     price_arm(docs, None, Arm("rag", "rag", "m", pool=pool), prompts, answers, cfg, rate=90.0)
     assert docs["one_off"]["total"] == 0 and docs["monthly_cost"] == pytest.approx(docs["monthly_running_cost"])
+
+
+def test_hourly_billing_prices_the_hours_the_load_needs(tmp_path):
+    cfg = _cfg(hardware={"name": "box", "price_per_hour": 36.0, "always_on": False, "utilisation": 0.8})
+    prompts = _prompts("Answer briefly.", ["What is the leave?", "Who approves travel?"])
+    answers = [SimpleNamespace(ttft_s=0.2, input_tokens=40, output_tokens=10, seconds=1.0,
+                               extra={"cached_tokens": 30})] * 2  # the prefix came from the engine's cache
+    fs = _rep("few_shot", throughput_qph=7200.0, throughput_concurrency=4)
+    price_arm(fs, None, Arm("few_shot", "few_shot", "m"), prompts, answers, cfg, rate=90.0)
+    assert fs["pricing"]["machines"] is None and fs["pricing"]["always_on"] is False
+    assert fs["cost_per_1k_queries"] == pytest.approx(36 / (7200 * 0.8) * 1000)
+    assert fs["monthly_running_cost"] == pytest.approx(fs["cost_per_1k_queries"] * 50)
+    assert "billed for the hours used at 80% utilisation" in fs["cost_basis"]
+
+
+# --- machines on all month --------------------------------------------------------------------
+
+
+def test_machines_kept_on_all_month_step_up_with_the_volume():
+    # 2,000 queries/hour × 50 % × 730 h = 730,000 queries a month per ₹4/hour box (₹2,920 a month)
+    def at(q, **kw):
+        return local_serving_price(4.0, 1.0, throughput_qph=2000, concurrency=8, utilisation=0.5, always_on=True,
+                                   monthly_queries=q, **kw)
+
+    low = at(100_000)
+    assert low.queries_per_machine_month == pytest.approx(730_000) and low.machines == 1
+    assert low.running_monthly == pytest.approx(2920) and low.cost_per_1k == pytest.approx(29.2)
+    assert "1 on all month" in low.basis and "one machine serves 730,000 queries/month" in low.basis
+    assert at(730_000).machines == 1 and at(730_001).machines == 2
+    assert at(2_000_000).running_monthly == pytest.approx(3 * 2920)
+    assert at(100_000, min_machines=2).running_monthly == pytest.approx(2 * 2920)
+    assert at(0).running_monthly == pytest.approx(2920)  # a box kept up costs its month even unused
+    # the stored dict prices any other volume the same way (the report's volume chart)
+    assert running_monthly_at(low.as_dict(), 2_000_000) == pytest.approx(3 * 2920) == low.running_at(2_000_000)
+    with pytest.raises(ValueError):
+        local_serving_price(4.0, 1.0, always_on=True)
+
+
+def test_at_low_volume_every_local_arm_costs_the_same_machine():
+    """A per-query saving (shorter prompt, faster arm) only shows once the volume needs more machines."""
+    def arm(qph, q):
+        return local_serving_price(4.0, 1.0, throughput_qph=qph, concurrency=8, utilisation=0.5, always_on=True,
+                                   monthly_queries=q)
+
+    slow, fast = 1_000, 3_000  # 365,000 and 1,095,000 queries a month per box
+    assert arm(slow, 100_000).running_monthly == arm(fast, 100_000).running_monthly
+    assert arm(slow, 1_000_000).running_monthly == pytest.approx(3 * 2920)
+    assert arm(fast, 1_000_000).running_monthly == pytest.approx(2920)
+    # billed by the hour, the per-query difference shows at any volume
+    hourly = [local_serving_price(4.0, 1.0, throughput_qph=q, concurrency=8, utilisation=0.5) for q in (slow, fast)]
+    assert hourly[0].cost_per_1k == pytest.approx(3 * hourly[1].cost_per_1k)
+
+
+def test_compare_and_cost_share_one_utilisation_and_one_machine_rule():
+    assert CompareConfig(kind="compare", eval_file="e.jsonl", arms=[{"type": "prompt"}]).hardware.utilisation == \
+        DEFAULT_LOCAL_UTILISATION == CostAssumptions().local_utilisation
+    assert machines_needed(1, 10) == 1 and machines_needed(11, 10) == 2 and machines_needed(0, 10, 3) == 3
+    local = {o.key: o for o in cost_options(CostAssumptions())}["finetune_local"]
+    q = local.capacity_queries_per_gpu_month * 2.5
+    assert local.gpus_at(q) == machines_needed(q, local.capacity_queries_per_gpu_month) == 3
 
 
 def test_the_reviewer_rate_default_is_stated_per_currency():

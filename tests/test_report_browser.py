@@ -22,6 +22,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def sample_report(intervals: bool = True) -> tuple[dict, dict]:
     from tunewise.compare.stats import arm_uncertainty
+    from tunewise.costs import local_serving_price
 
     class Result:  # what compare scores per example: the primary metric and each check
         def __init__(self, q):
@@ -34,7 +35,10 @@ def sample_report(intervals: bool = True) -> tuple[dict, dict]:
              "cost_per_1k_queries_usd": cost / 88, "monthly_cost": cost * 100, "latency_p50_s": p50,
              "latency_p95_s": p50 * 1.4, "mean_input_tokens": 200, "mean_output_tokens": 150, "stopped_rate": 0.9,
              "metrics": {"checks": q, "rouge_l": q * 0.8, "chrf": q * 0.7}, "check_rates": {"contains 'Subject:'": q},
-             "notes": [], "training": training}
+             "notes": [], "training": training,
+             # a box kept on all month, serving what this arm sustained at 50 % (the monthly-cost-by-volume chart)
+             "pricing": local_serving_price(4.0, p50, throughput_qph=4.0 / cost * 1000, concurrency=8, utilisation=0.5,
+                                            always_on=True, monthly_queries=100_000).as_dict()}
         if intervals:
             a.update(arm_uncertainty([Result(x) for x in scores], "checks"))
         return a
@@ -56,6 +60,7 @@ def sample_report(intervals: bool = True) -> tuple[dict, dict]:
               "samples": [{"question": "Draft a notice for ₹45,000", "reference": "LEGAL NOTICE …",
                            "outputs": {"prompt": "Dear tenant", "few_shot": "NOTICE", "finetuned-lora": "LEGAL NOTICE"}}]}
     charts = {"quality_vs_cost": ch.quality_vs_cost(arms, "INR", "checks", rec["arm"]),
+              "cost_by_volume": ch.cost_by_volume(arms, "INR", 100_000, rec["arm"]),
               "metrics": ch.metric_bars(arms, report["metrics_shown"]),
               "latency": ch.latency_bars(arms),
               "loss:finetuned-lora": ch.loss_curve([{"step": s, "loss": 3 / s} for s in range(1, 20)], "loss")}
@@ -89,9 +94,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert f"{c['diff']:+.3f}" in dom and f"[{c['low']:+.3f} to {c['high']:+.3f}]" in dom and "worse" in dom
     assert dom.count('class="ci"') >= 3 * 4 + 2  # quality + 3 metrics for 3 arms, check rates, comparisons
     assert "Quality vs cost per 1,000 queries (error bars: 95% intervals)" in dom
-    for ident in ("chart-quality-cost", "chart-metrics", "chart-latency", "chart-loss-finetuned-lora"):
+    for ident in ("chart-quality-cost", "chart-cost-volume", "chart-metrics", "chart-latency",
+                  "chart-loss-finetuned-lora"):
         assert f'id="{ident}"' in dom, ident
-    assert dom.count('src="data:image/png;base64,') == 4
+    assert dom.count('src="data:image/png;base64,') == 5
     assert "http://" not in dom.replace("http://www.w3.org", "") and "https://" not in dom  # nothing fetched online
 
     shot = tmp_path / "shot.png"

@@ -137,6 +137,19 @@ def local_cost_per_1k(seconds_per_query: float, price_per_hour: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 HOURS_PER_MONTH = 730.0
+#: Average share of a machine's measured capacity a deployment keeps busy, for ``tunewise cost``'s GPUs
+#: and compare's hardware alike: load varies over the day and a server keeps headroom for its latency
+#: (bench/serve_rate.py: even a steady random load held only ~0.8 of the closed-loop rate within a
+#: 30 s p95 on a 2-core CPU).
+DEFAULT_LOCAL_UTILISATION = 0.5
+
+
+def machines_needed(queries_per_month: float, capacity_per_machine_month: float, min_machines: int = 1) -> int:
+    """Machines (GPUs, CPU boxes) kept on all month to serve ``queries_per_month`` when each serves
+    ``capacity_per_machine_month`` at the assumed utilisation; never fewer than ``min_machines``."""
+    if capacity_per_machine_month <= 0 or math.isinf(capacity_per_machine_month):
+        return min_machines
+    return max(min_machines, math.ceil(queries_per_month / capacity_per_machine_month))
 # What a reviewer costs per hour when the config does not say (a domain expert checking examples),
 # in the report's currency: labour is not priced by exchange rate.
 DEFAULT_REVIEWER_RATE = {"INR": 600.0, "USD": 30.0}
@@ -155,6 +168,17 @@ class LocalPricing:
     prefix_seconds_saved: float  # per query, by not prefilling the shared prefix again
     basis: str
     note: str | None = None
+    utilisation: float = 1.0  # share of queries_per_hour a deployment uses on average
+    always_on: bool = False  # machines rented all month (else billed for the hours the load needs)
+    min_machines: int = 1
+    machine_month: float = 0.0  # price of one machine for a month
+    queries_per_machine_month: float | None = None  # what one machine serves a month at ``utilisation``
+    machines: int | None = None  # kept on at ``monthly_queries`` (always_on)
+    running_monthly: float | None = None  # at ``monthly_queries``
+
+    def running_at(self, queries_per_month: float) -> float:
+        """Running cost of a month at ``queries_per_month`` (the price's currency)."""
+        return running_monthly_at(self.as_dict(), queries_per_month)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +187,11 @@ class LocalPricing:
 def local_serving_price(price_per_hour: float, seconds_per_query: float, *, throughput_qph: float | None = None,
                         concurrency: int | None = None, shared_prefix_tokens: float = 0.0,
                         uncached_prefix_tokens: float | None = None, prefill_s_per_token: float | None = None,
-                        queries_per_cache: float = 1.0, hardware: str = "", currency: str = "") -> LocalPricing:
-    """Serving cost of 1,000 queries on hardware rented at ``price_per_hour``:
-    ``price_per_hour ÷ queries_per_hour × 1000``.
+                        queries_per_cache: float = 1.0, hardware: str = "", currency: str = "",
+                        utilisation: float = 1.0, always_on: bool = False, min_machines: int = 1,
+                        monthly_queries: float | None = None,
+                        hours_per_month: float = HOURS_PER_MONTH) -> LocalPricing:
+    """Serving cost of 1,000 queries on hardware rented at ``price_per_hour``.
 
     * ``queries_per_hour`` is ``throughput_qph``, what the hardware sustained with ``concurrency``
       requests decoded together; without it (fallback, with a note) ``3600 / seconds_per_query``,
@@ -175,7 +201,16 @@ def local_serving_price(price_per_hour: float, seconds_per_query: float, *, thro
       queries), not once per query. The part the measuring engine prefilled again for every query
       (``uncached_prefix_tokens``; default the whole prefix) × ``prefill_s_per_token`` is taken off
       each query's share of the hour (prefill is compute-bound: batching does not make it cheaper).
+    * A deployment uses ``utilisation`` of that rate on average, so one machine serves
+      ``queries_per_hour × utilisation × hours_per_month`` queries a month.
+    * ``always_on``: machines are rented for the whole month, as many as ``monthly_queries`` needs and
+      at least ``min_machines`` (:func:`machines_needed`, as ``tunewise cost`` prices local GPUs); the
+      cost per 1,000 is that month's bill ÷ ``monthly_queries`` × 1000, so at low volume every local
+      arm costs the same machine. Otherwise billed for the hours the load needs:
+      ``price_per_hour ÷ (queries_per_hour × utilisation) × 1000``.
     """
+    if always_on and monthly_queries is None:
+        raise ValueError("always_on pricing needs monthly_queries")
     where = f" on {hardware}" if hardware else ""
     hourly = f"{price_per_hour:g}{' ' + currency if currency else ''}/hour"
     measured = throughput_qph is not None and throughput_qph > 0
@@ -203,9 +238,37 @@ def local_serving_price(price_per_hour: float, seconds_per_query: float, *, thro
     note = None if measured else (
         "priced from sequential latency (no throughput measured for this arm): queries answered one after another, "
         "so this is an upper bound on what a server that batches concurrent requests pays")
-    cost = price_per_hour / qph * 1000.0 if qph != float("inf") else 0.0
+    usable = qph * utilisation
+    capacity = usable * hours_per_month if usable != float("inf") else None
+    machine_month = price_per_hour * hours_per_month
+    hourly_cost = price_per_hour / usable * 1000.0 if usable != float("inf") else 0.0
+    machines = running = None
+    if always_on:
+        machines = machines_needed(monthly_queries, capacity or float("inf"), min_machines)
+        running = machines * machine_month
+        cost = running / monthly_queries * 1000.0 if monthly_queries > 0 else hourly_cost
+        serves = f"one machine serves {capacity:,.0f} queries/month" if capacity else "one machine serves any volume"
+        basis += (f"; at {utilisation:.0%} utilisation {serves}: {machines} on all month "
+                  f"({machines} × {price_per_hour * hours_per_month:,.0f}{' ' + currency if currency else ''}) "
+                  f"for {monthly_queries:,.0f} queries")
+    else:
+        cost = hourly_cost
+        if monthly_queries is not None:
+            running = cost * monthly_queries / 1000.0
+        if utilisation < 1:
+            basis += f"; billed for the hours used at {utilisation:.0%} utilisation"
     return LocalPricing(cost, "throughput" if measured else "sequential", qph, n, shared_prefix_tokens, saved, basis,
-                        note)
+                        note, utilisation, always_on, min_machines, machine_month, capacity, machines, running)
+
+
+def running_monthly_at(pricing: dict[str, Any], queries_per_month: float) -> float:
+    """A local arm's running cost for a month at ``queries_per_month``, from its ``pricing`` dict
+    (:meth:`LocalPricing.as_dict`, as report.json keeps it): machines on all month, stepping up with the
+    volume, or the hours the load needs."""
+    if pricing.get("always_on"):
+        cap = pricing.get("queries_per_machine_month") or float("inf")
+        return machines_needed(queries_per_month, cap, int(pricing.get("min_machines") or 1)) * pricing["machine_month"]
+    return pricing["cost_per_1k"] * queries_per_month / 1000.0
 
 
 def shared_prefix_tokens(prompts: list[list[dict]], mean_input_tokens: float) -> float:
@@ -262,11 +325,6 @@ class OneOffCosts:
                 "months": self.months, "monthly": self.monthly}
 
 
-def monthly_cost(cost_per_1k: float, queries_per_month: float, one_off: OneOffCosts | None = None) -> float:
-    """Running cost of a month's queries plus the one-off costs spread over their months."""
-    return cost_per_1k * queries_per_month / 1000.0 + (one_off.monthly if one_off else 0.0)
-
-
 def genai_prices_version() -> str:
     from importlib.metadata import version
 
@@ -304,7 +362,8 @@ class CostAssumptions(Strict):
     local_tokens_per_s: float | None = Field(
         None, gt=0, description="Aggregate output tokens/s per local GPU (default: the table's 8B figure x 8 / size)."
     )
-    local_utilisation: float = Field(0.5, gt=0, le=1, description="Average fraction of local GPU capacity used.")
+    local_utilisation: float = Field(DEFAULT_LOCAL_UTILISATION, gt=0, le=1,
+                                     description="Average fraction of local GPU capacity used.")
     local_min_gpus: int = Field(1, ge=1, description="GPUs kept on all month (availability, latency).")
     hours_per_month: float = Field(730, gt=0, description="Hours a month.")
     train_gpu: str = Field("a100-80gb", description="GPU rented for fine-tuning.")
@@ -352,8 +411,7 @@ class CostOption:
 
     def running_monthly_usd(self, queries: float) -> float:
         if self.capacity_queries_per_gpu_month:
-            gpus = max(self.min_gpus, math.ceil(queries / self.capacity_queries_per_gpu_month))
-            return gpus * (self.gpu_usd_per_month or 0.0) + self.fixed_monthly_usd
+            return self.gpus_at(queries) * (self.gpu_usd_per_month or 0.0) + self.fixed_monthly_usd
         return self.fixed_monthly_usd + self.per_query_usd * queries
 
     def total_monthly_usd(self, queries: float, amortise_months: float) -> float:
@@ -362,7 +420,7 @@ class CostOption:
     def gpus_at(self, queries: float) -> int:
         if not self.capacity_queries_per_gpu_month:
             return 0
-        return max(self.min_gpus, math.ceil(queries / self.capacity_queries_per_gpu_month))
+        return machines_needed(queries, self.capacity_queries_per_gpu_month, self.min_gpus)
 
 
 def _training_cost_usd(a: CostAssumptions, gpus: dict[str, Any]) -> tuple[float, str]:
@@ -606,6 +664,19 @@ def compare_costs(
     return CostComparison(a, options, break_evens(options, am), check_rules_of_thumb(options, am), rate, currency, sources)
 
 
+def volume_axes(ax, queries: float, label: str, ylabel: str) -> None:
+    """Log-log monthly cost against queries per month, the user's volume marked (``tunewise cost``'s
+    chart and compare's cost-by-volume chart)."""
+    if queries > 0:
+        ax.axvline(queries, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (queries, 1), xycoords=("data", "axes fraction"), xytext=(4, -14),
+                    textcoords="offset points", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("queries per month")
+    ax.set_ylabel(ylabel)
+
+
 def plot_costs(comp: CostComparison, path: str | Path, keys: tuple[str, ...] | None = None) -> Path:
     """PNG of monthly cost (amortised setup included) vs queries/month, log-log, break-evens marked."""
     import io
@@ -636,15 +707,8 @@ def plot_costs(comp: CostComparison, path: str | Path, keys: tuple[str, ...] | N
             labelled.append((be.queries_per_month, y))
             ax.annotate(f"{short(be.queries_per_month)}", (be.queries_per_month, y), textcoords="offset points",
                         xytext=(4, -12), fontsize=7)
-    q = comp.assumptions.queries_per_month
-    if q > 0:
-        ax.axvline(q, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(f"your volume: {short(q)}/month", (q, 1), xycoords=("data", "axes fraction"),
-                    xytext=(4, -14), textcoords="offset points", fontsize=8, color="grey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("queries per month")
-    ax.set_ylabel(f"monthly cost ({comp.currency}, setup spread over {am:g} months)")
+    volume_axes(ax, comp.assumptions.queries_per_month, f"your volume: {short(comp.assumptions.queries_per_month)}/month",
+                f"monthly cost ({comp.currency}, setup spread over {am:g} months)")
     ax.set_title("Monthly cost vs volume (dots: break-even points)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")

@@ -1,5 +1,5 @@
-"""Charts of a comparison as PNG bytes (matplotlib, Agg backend): quality vs cost, per-metric
-bars, latency, and training loss curves. Quality carries its 95% interval as error bars."""
+"""Charts of a comparison as PNG bytes (matplotlib, Agg backend): quality vs cost, monthly cost by
+volume, per-metric bars, latency, and training loss curves. Quality carries its 95% interval as error bars."""
 
 from __future__ import annotations
 
@@ -57,6 +57,48 @@ def quality_vs_cost(arms: list[dict[str, Any]], currency: str, metric: str, pick
     ax.set_xlim(0, xmax * 1.4 if xmax > 0 else 1.0)
     ax.grid(alpha=0.3)
     ax.set_title("Quality vs cost (up and left is better; bars: 95% interval)")
+    return _png(fig)
+
+
+def monthly_at(a: dict[str, Any], queries: float) -> float | None:
+    """An arm's monthly cost at ``queries`` a month, one-off costs spread in: local arms step up by a
+    machine at a time (or scale with the hours used), API arms scale with the queries."""
+    from tunewise.costs import running_monthly_at
+
+    pr = a.get("pricing") or {}
+    one = (a.get("one_off") or {}).get("monthly") or 0.0
+    if pr.get("method") in ("throughput", "sequential") and "machine_month" in pr:
+        return running_monthly_at(pr, queries) + one
+    if a.get("cost_per_1k_queries") is None:
+        return None
+    return a["cost_per_1k_queries"] * queries / 1000.0 + one
+
+
+def cost_by_volume(arms: list[dict[str, Any]], currency: str, monthly_queries: int, pick: str | None) -> bytes | None:
+    """Monthly cost (one-off costs spread in) against monthly query volume, every priced arm, with the
+    report's volume marked: where the local arms' machines step up and where they cross the API arms."""
+    import numpy as np
+
+    from tunewise.costs import volume_axes
+
+    ran = [a for a in arms if a.get("status") == "ok" and monthly_at(a, 1.0) is not None]
+    if not ran or not any("machine_month" in (a.get("pricing") or {}) for a in ran):
+        return None  # a report priced before machines were counted
+    plt = _plt()
+    top = max(10 * max(monthly_queries, 1), 10_000_000)
+    qs = np.logspace(3, np.log10(top), 600)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    styles = ["-", "--", "-.", ":"]
+    for i, a in enumerate(ran):
+        ys = [monthly_at(a, q) for q in qs]
+        ax.plot(qs, ys, styles[i % len(styles)], color=COLORS.get(a["kind"], "#777"),
+                linewidth=2.6 if a["name"] == pick else 1.6,
+                label=a["name"] + (" (recommended)" if a["name"] == pick else ""))
+    volume_axes(ax, monthly_queries, f"this report: {monthly_queries:,}/month",
+                f"monthly cost, one-off costs spread in ({currency})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Monthly cost by volume (local arms: whole machines)")
     return _png(fig)
 
 

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tunewise.compare.stats import DEFAULT_TOLERANCE
 from tunewise.config import RunConfig, Strict
-from tunewise.costs import DEFAULT_REVIEW_MINUTES
+from tunewise.costs import DEFAULT_LOCAL_UTILISATION, DEFAULT_REVIEW_MINUTES
 from tunewise.evaluate import JudgeConfig, MetricName, TaskChecks
 from tunewise.infer.llamacpp import GGUF_TYPES
 from tunewise.models import DTYPE_NAMES
@@ -89,6 +89,13 @@ class Hardware(Strict):
 
     name: str = Field("CPU box (2 vCPU)", description="Shown in the report.")
     price_per_hour: float = Field(4.0, ge=0, description="Hourly price in `currency` (rented GPU, or a CPU box).")
+    always_on: bool = Field(True, description=(
+        "Machines rented for the whole month (a server kept up), as many as `monthly_queries` needs; false: "
+        "billed only for the hours the load needs (autoscaled or shared hardware)."))
+    utilisation: float = Field(DEFAULT_LOCAL_UTILISATION, gt=0, le=1, description=(
+        "Average share of the measured throughput a deployment uses (load varies over the day; a server keeps "
+        "headroom for its latency). 1 = priced as if always saturated."))
+    min_machines: int = Field(1, ge=1, description="Machines kept on all month whatever the volume (always_on).")
 
 
 #: every local arm's precision: llama.cpp's GGUF types and the HF dtype names

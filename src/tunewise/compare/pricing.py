@@ -20,7 +20,6 @@ from tunewise.costs import (
     OneOffCosts,
     api_cost_per_1k_usd,
     local_serving_price,
-    monthly_cost,
     shared_prefix_tokens,
 )
 from tunewise.formatting import money
@@ -83,7 +82,9 @@ def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict
                                  concurrency=rep.get("throughput_concurrency"), shared_prefix_tokens=prefix,
                                  uncached_prefix_tokens=max(0.0, prefix - cached), prefill_s_per_token=s_per_token,
                                  queries_per_cache=assume["queries_per_cache"], hardware=cfg.hardware.name,
-                                 currency=cfg.currency)
+                                 currency=cfg.currency, utilisation=cfg.hardware.utilisation,
+                                 always_on=cfg.hardware.always_on, min_machines=cfg.hardware.min_machines,
+                                 monthly_queries=cfg.monthly_queries)
         rep["pricing"] = lp.as_dict()
         basis, c1k = lp.basis, lp.cost_per_1k
         if lp.note:
@@ -97,9 +98,21 @@ def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict
     rep["cost_per_1k_queries"] = c1k
     rep["cost_per_1k_queries_usd"] = c1k / rate if c1k is not None else None
     rep["one_off"] = one_off.as_dict()
-    rep["monthly_running_cost"] = c1k * cfg.monthly_queries / 1000.0 if c1k is not None else None
-    rep["monthly_cost"] = monthly_cost(c1k, cfg.monthly_queries, one_off) if c1k is not None else None
+    running = rep["pricing"].get("running_monthly")
+    if running is None and c1k is not None:
+        running = c1k * cfg.monthly_queries / 1000.0
+    rep["monthly_running_cost"] = running
+    rep["monthly_cost"] = running + one_off.monthly if running is not None else None
     rep["monthly_cost_usd"] = rep["monthly_cost"] / rate if c1k is not None else None
+
+
+def _machines(pr: dict[str, Any]) -> str:
+    """What the machines cost at the report's volume, for a local arm priced with them."""
+    if not pr.get("always_on") or pr.get("machines") is None:
+        return ""
+    cap = pr.get("queries_per_machine_month")
+    serves = f", one serves {cap:,.0f} queries/month" if cap else ""
+    return f"; {pr['machines']} machine{'s' if pr['machines'] != 1 else ''} on all month{serves}"
 
 
 def how_priced(a: dict[str, Any]) -> str:
@@ -107,9 +120,9 @@ def how_priced(a: dict[str, Any]) -> str:
     pr = a.get("pricing") or {}
     method = pr.get("method")
     if method == "throughput":
-        return f"throughput: {pr['queries_per_hour']:,.0f} queries/hour at concurrency {pr['concurrency']}"
+        return f"throughput: {pr['queries_per_hour']:,.0f} queries/hour at concurrency {pr['concurrency']}" + _machines(pr)
     if method == "sequential":
-        return f"sequential fallback: {pr['queries_per_hour']:,.0f} queries/hour one at a time"
+        return f"sequential fallback: {pr['queries_per_hour']:,.0f} queries/hour one at a time" + _machines(pr)
     if method == "api":
         return "API: tokens × prices"
     return "–"
@@ -120,14 +133,25 @@ def assumptions_text(report: dict[str, Any]) -> str:
     cur, pa = report["currency"], report["pricing"]
     rate = (f"{money(pa['reviewer_hourly_rate'], cur)}/hour"
             + (" (default; set reviewer_hourly_rate)" if pa.get("reviewer_rate_is_default") else ""))
-    return (f"Local arms: {money(report['hardware']['price_per_hour'], cur)}/hour ({report['hardware']['name']}) ÷ the "
-            "queries per hour it sustained × 1,000 — measured throughput with concurrent requests decoded together "
-            "where the arm has it, else queries answered one after another (an upper bound, noted); p50/p95 latency "
-            "is what one user waits. A prompt prefix every query shares (system prompt, fixed demonstrations) is "
+    hw = report["hardware"]
+    util = hw.get("utilisation", 1.0)
+    if hw.get("always_on"):
+        machines = (f"Machines are rented for the whole month, as many as {pa['monthly_queries']:,} queries need "
+                    f"(at least {hw.get('min_machines', 1)}), each serving the queries per hour its arm sustained × "
+                    f"{util:.0%} utilisation × {HOURS_PER_MONTH:g} h; cost per 1,000 = that bill ÷ the month's "
+                    "queries × 1,000, so at a volume one machine serves, every local arm costs the same machine "
+                    "(set hardware.always_on: false to bill only the hours the load needs). ")
+    else:
+        machines = (f"Billed for the hours the load needs: {money(hw['price_per_hour'], cur)}/hour ÷ (queries per "
+                    f"hour sustained × {util:.0%} utilisation) × 1,000. ")
+    return (f"Local arms: {money(hw['price_per_hour'], cur)}/hour ({hw['name']}); the queries per hour each "
+            "sustained are measured throughput with concurrent requests decoded together where the arm has it, "
+            "else queries answered one after another (an upper bound, noted); p50/p95 latency is what one user "
+            f"waits. {machines}A prompt prefix every query shares (system prompt, fixed demonstrations) is "
             f"prefilled once per {pa['prefix_cache_hours']:g} h of queries ({pa['queries_per_cache']:,.0f} queries), "
             "as a serving engine's prompt cache does; API arms bill it at the provider's cached-input price when "
-            f"genai-prices has one and it reaches {API_MIN_CACHED_PREFIX_TOKENS:,} tokens. Monthly cost = cost per "
-            f"1,000 × {pa['monthly_queries']:,} queries ÷ 1,000 + one-off costs ÷ {pa['amortise_months']:g} months. "
+            f"genai-prices has one and it reaches {API_MIN_CACHED_PREFIX_TOKENS:,} tokens. Monthly cost = running "
+            f"cost at {pa['monthly_queries']:,} queries + one-off costs ÷ {pa['amortise_months']:g} months. "
             "One-off costs: training (its measured time × the hourly price) and preparing the labelled examples the "
             "arm needs (fine-tuned: its training data; few-shot: its demonstrations; RAG: the pool it retrieves "
             f"demonstrations from) at {pa['review_minutes_per_example']:g} minutes of review each × {rate}; the eval "

@@ -225,6 +225,8 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
                  f"{report['pricing']['amortise_months']:g} months)" if report.get("pricing") else "cost per 1,000 queries")
     h.append(_img(charts.get("quality_vs_cost"), f"Quality vs {cost_axis} (error bars: 95% intervals)",
                   "chart-quality-cost"))
+    h.append(_img(charts.get("cost_by_volume"), "Monthly cost by queries per month, one-off costs spread in (local "
+                  "arms pay whole machines, so they step; dashed line: this report's volume)", "chart-cost-volume"))
     h.append(_img(charts.get("metrics"), "Quality metrics per arm (error bars: 95% intervals)", "chart-metrics"))
     h.append(_img(charts.get("latency"), "Latency per query (p50, p95)", "chart-latency"))
     for name, png in charts.items():

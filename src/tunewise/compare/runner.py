@@ -463,6 +463,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     }
     charts = {
         "quality_vs_cost": ch.quality_vs_cost(arm_reports, cfg.currency, primary, rec.get("arm")),
+        "cost_by_volume": ch.cost_by_volume(arm_reports, cfg.currency, cfg.monthly_queries, rec.get("arm")),
         "metrics": ch.metric_bars(arm_reports, shown) if shown else None,
         "latency": ch.latency_bars(arm_reports) if any(a["status"] == "ok" for a in arm_reports) else None,
     }

@@ -129,6 +129,15 @@ def check_data(root: Path, model: str, sequence_len: int, console, tolerance: fl
         raise TunewiseError(f"the generated data in {root / 'data'} failed its check", "report this as a bug")
 
 
+def _machines(rep: dict) -> str:
+    """How the demo's boxes are billed, after their hourly price."""
+    hw = rep["hardware"]
+    if hw.get("always_on"):
+        return (f", kept on all month (as many as the volume needs, at {hw.get('utilisation', 1.0):.0%} of the "
+                "throughput each arm sustained)")
+    return f", billed for the hours used at {hw.get('utilisation', 1.0):.0%} of the throughput each arm sustained"
+
+
 def summary_markdown(results: list[DemoResult], total_seconds: float | None = None) -> str:
     """The demo's measured tables and recommendations as Markdown (what docs/compare.md quotes)."""
     from tunewise.formatting import money
@@ -141,24 +150,25 @@ def summary_markdown(results: list[DemoResult], total_seconds: float | None = No
         cur = rep["currency"]
         lines.append(f"### {r.title}\n")
         lines.append(f"{rep['n_examples']} held-out examples; quality = `{rep['primary_metric']}`; local arms priced at "
-                     f"{money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}); "
+                     f"{money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}){_machines(rep)}; "
                      f"scenario wall time {r.seconds / 60:.1f} min.\n")
         if rep.get("caveat"):
             lines.append(f"**Caveat.** {rep['caveat']}\n")
-        lines.append(f"| arm | quality [95% interval] | p50 s | p95 s | tokens in / out | cost / 1k queries | "
-                     f"monthly ({rep['monthly_queries']:,} queries) | training |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append(f"| arm | quality [95% interval] | p50 s | p95 s | tokens in / out | queries/month one box serves | "
+                     f"cost / 1k queries | monthly ({rep['monthly_queries']:,} queries) | training |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for a in rep["arms"]:
             if a.get("status") != "ok":
-                lines.append(f"| {a['name']} | not measured: {a.get('skip_reason', '')} | | | | | | |")
+                lines.append(f"| {a['name']} | not measured: {a.get('skip_reason', '')} | | | | | | | |")
                 continue
+            cap = (a.get("pricing") or {}).get("queries_per_machine_month")
             tr = a.get("training") or {}
             train = (f"{tr['seconds']:.0f} s, {money(tr.get('cost'), cur)}" if tr.get("seconds") else "–")
             iv = a.get("quality_interval")
             q = "–" if a["quality"] is None else f"{a['quality']:.3f}" + (f" [{iv['low']:.2f}–{iv['high']:.2f}]" if iv else "")
             lines.append(f"| {a['name']} | {q} | {a['latency_p50_s']:.2f} | {a['latency_p95_s']:.2f} | "
                          f"{a['mean_input_tokens']:.0f} / {a['mean_output_tokens']:.0f} | "
-                         f"{money(a.get('cost_per_1k_queries'), cur)} | {money(a.get('monthly_cost'), cur)} | {train} |")
+                         f"{f'{cap:,.0f}' if cap else '–'} | {money(a.get('cost_per_1k_queries'), cur)} | {money(a.get('monthly_cost'), cur)} | {train} |")
         lines.append("")
         for st in rep["recommendation"]["statements"]:
             lines.append(f"> {st}")
