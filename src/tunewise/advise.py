@@ -218,7 +218,7 @@ def decide_from_evidence(report: EvidenceReport, path: str, latency_target_ms: i
                      f"on this eval set{more}; it is the cheapest of them.")
     elif act is not None:
         statement = (f"{head}, takes precedence over the rules: unresolved — compare recommends {describe(pick)} "
-                     f"only as the cheapest per query of arms that tie{more}, which is no evidence that fine-tuning pays "
+                     f"only as the cheapest of arms that tie{more}, which is no evidence that fine-tuning pays "
                      f"off; {describe(act)} ties with it and needs no training.")
     else:
         statement = (f"{head}, does not decide: {describe(pick)} was recommended but no arm without training "
