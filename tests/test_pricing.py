@@ -299,3 +299,15 @@ def test_report_and_terminal_show_how_each_arm_was_priced():
     assert lines[0].startswith("few_shot: throughput: 2,000 queries/hour at concurrency 8; one-off ₹60.00")
     assert "÷ 12 months" in lines[1] and lines[-1].startswith("Local arms: ₹4.00/hour (CPU box)")
     assert pricing_lines({"arms": arms}) == []  # a report from before this pricing: nothing to add
+
+
+def test_bad_hardware_keys_are_named_when_the_config_loads():
+    from tunewise.compare import load_compare_config
+    from tunewise.errors import TunewiseError
+
+    with pytest.raises(TunewiseError) as e:
+        load_compare_config(data={"kind": "compare", "eval_file": "e.jsonl", "arms": [{"type": "prompt"}],
+                                  "hardware": {"utilisation": 1.5, "always_on": "maybe", "min_machines": 0}})
+    msg = str(e.value)
+    for key in ("hardware.utilisation", "hardware.always_on", "hardware.min_machines"):
+        assert key in msg
