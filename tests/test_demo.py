@@ -113,6 +113,13 @@ def test_demo_quick_on_tiny_model(tiny_model_dir, tmp_path, capsys, monkeypatch)
     summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| finetuned-lora |" in summary and "Whole demo:" in summary
     assert rep["recommendation"]["statements"][0] in summary
+    from tunewise.formatting import money
+
+    # the boxes are kept on all month; each row says what one box serves of that arm's queries
+    assert "kept on all month (as many as the volume needs, at 50% of the throughput each arm sustained)" in summary
+    assert "| queries/month one box serves |" in summary
+    ft = next(a for a in rep["arms"] if a["name"] == "finetuned-lora")
+    assert f"| {ft['pricing']['queries_per_machine_month']:,.0f} | {money(ft['cost_per_1k_queries'], 'INR')} |" in summary
 
 
 @pytest.mark.e2e

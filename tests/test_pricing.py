@@ -311,3 +311,130 @@ def test_bad_hardware_keys_are_named_when_the_config_loads():
     msg = str(e.value)
     for key in ("hardware.utilisation", "hardware.always_on", "hardware.min_machines"):
         assert key in msg
+
+
+# --- equal costs, no volume, free hardware, old reports --------------------------------------
+
+
+def _local_arm(name, kind, scores, qph, one_off_total, p50=1.0, q=100_000):
+    lp = local_serving_price(4.0, 1.0, throughput_qph=qph, concurrency=8, utilisation=0.5, always_on=True,
+                             monthly_queries=q)
+    a = _arm(name, kind, scores, lp.cost_per_1k, one_off_total, q=q)
+    a.update(pricing=lp.as_dict(), latency_p50_s=p50, monthly_running_cost=lp.running_monthly,
+             monthly_cost=lp.running_monthly + one_off_total / 12)
+    return a
+
+
+def test_a_tie_between_arms_on_the_same_box_says_what_broke_it():
+    scores = [1.0, 0.0] * 8
+    rag = _local_arm("rag", "rag", scores, 3_000, 0.0, p50=1.1)
+    prompt = _local_arm("prompt", "prompt", scores, 9_000, 0.0, p50=0.7)
+    rec = recommend([rag, prompt], 0.05, "INR", primary_metric="checks")
+    assert rec["decision"] == "tie" and rec["arm"] == "prompt"
+    assert ("'prompt' and 'rag' cost the same (₹2,920 a month), so the lower p50 latency decided"
+            in rec["statements"][1])
+    # a fine-tuned arm with no recorded one-off costs ties at the same monthly bill: never "costs less"
+    ft = _local_arm("ft", "finetuned", scores, 9_000, 0.0, p50=1.5)
+    rec = recommend([rag, ft], 0.05, "INR", primary_metric="checks")
+    assert rec["arm"] == "rag" and rec["finetuning_paid_off"] is False
+    assert "'rag' costs the same (₹2,920 vs ₹2,920 a month" in rec["text"] and "costs less" not in rec["text"]
+    # different bills: the cheapest, as before
+    rec = recommend([rag, _local_arm("ft", "finetuned", scores, 9_000, 1200.0)], 0.05, "INR", primary_metric="checks")
+    assert "so the cheapest (monthly, one-off costs included) is recommended." in rec["text"]
+    assert "'rag' costs less (₹2,920 vs ₹3,020 a month" in rec["text"]
+
+
+def test_no_monthly_volume_and_unbounded_rates_stay_explained_and_valid_json():
+    none = local_serving_price(4.0, 1.0, throughput_qph=2000, concurrency=8, utilisation=0.5, always_on=True,
+                               monthly_queries=0)
+    assert none.running_monthly == pytest.approx(2920) and none.cost_per_1k == pytest.approx(4.0 / 1000 * 1000)
+    assert "with no queries a month; the cost per 1,000 is billed by the hour" in none.basis
+    instant = local_serving_price(4.0, 0.0, always_on=True, monthly_queries=1000)  # timed at 0 s a query
+    assert instant.queries_per_hour is None and instant.queries_per_machine_month is None and instant.machines == 1
+    json.dumps(instant.as_dict(), allow_nan=False)  # no Infinity in report.json
+    assert how_priced({"pricing": instant.as_dict()}).startswith("sequential fallback: – queries/hour")
+    usd = local_serving_price(0.045, 1.0, throughput_qph=2000, always_on=True, monthly_queries=1000, currency="USD")
+    assert "(1 × 32.85 USD)" in usd.basis  # a cheap box's month is not rounded to whole dollars
+
+
+def test_the_cost_by_volume_chart_needs_machines_and_something_to_draw():
+    from tunewise.compare.charts import cost_by_volume, monthly_at
+
+    arm = _local_arm("rag", "rag", [1.0, 0.0], 3_000, 120.0)
+    assert cost_by_volume([arm], "INR", 100_000, "rag")[:4] == b"\x89PNG"
+    assert monthly_at(arm, 2_000_000) == pytest.approx(2 * 2920 + 10.0)  # 1.095M a box: two at 2M
+    old = {k: v for k, v in arm.items() if k != "pricing"}  # a report priced before machines were counted
+    assert cost_by_volume([old], "INR", 100_000, "rag") is None
+    hourly = dict(arm, pricing=local_serving_price(4.0, 1.0, throughput_qph=3000, utilisation=0.5).as_dict())
+    assert monthly_at(hourly, 1_000_000) == pytest.approx(4.0 / 1500 * 1000 * 1000 + 10.0)
+    assert cost_by_volume([hourly], "INR", 100_000, "rag")[:4] == b"\x89PNG"
+    free = dict(arm, pricing=local_serving_price(0.0, 1.0, throughput_qph=3000, always_on=True,
+                                                 monthly_queries=1).as_dict(), one_off={"monthly": 0.0})
+    assert cost_by_volume([free], "INR", 100_000, "rag") is None
+    api = {"name": "api", "kind": "api", "status": "ok", "cost_per_1k_queries": 0.0, "one_off": {"monthly": 0.0},
+           "pricing": {"method": "api"}}
+    assert cost_by_volume([arm, api], "INR", 100_000, "rag")[:4] == b"\x89PNG"  # a free arm on a symlog axis
+
+
+def test_the_terminal_says_how_many_boxes_and_what_they_assume():
+    arm = _local_arm("rag", "rag", [1.0, 0.0], 3_000, 120.0)
+    assert how_priced(arm) == ("throughput: 3,000 queries/hour at concurrency 8; 1 machine on all month, "
+                               "one serves 1,095,000 queries/month")
+    report = {"currency": "INR", "usd_rate": 88.0, "arms": [arm], "pricing": pricing_assumptions(_cfg()),
+              "hardware": {"name": "CPU box", "price_per_hour": 4.0, "always_on": True, "utilisation": 0.5,
+                           "min_machines": 1}}
+    text = pricing_lines(report)[-1]
+    assert "Machines are rented for the whole month, as many as 50,000 queries need (at least 1)" in text
+    assert "× 50% utilisation × 730 h" in text and "every local arm costs the same machine" in text
+    report["hardware"]["always_on"] = False
+    assert "Billed for the hours the load needs: ₹4.00/hour ÷ (queries per hour sustained × 50% utilisation)" in \
+        pricing_lines(report)[-1]
+
+
+# --- bench/reprice_report.py: a finished report under other assumptions ------------------------
+
+
+def _reprice_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "reprice_report.py"
+    spec = importlib.util.spec_from_file_location("reprice_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reprice_report_applies_todays_rule_to_an_old_report(tmp_path, capsys):
+    """A report priced by the hours used, where the fine-tuned arm's short prompts won a tie: with
+    boxes kept on, both arms fit one box and the arm that needs no training wins the tie."""
+    scores = [1.0, 0.0] * 8
+    old = [_arm("rag", "rag", scores, 2.0, 0.0), _arm("ft", "finetuned", scores, 1.0, 1200.0)]
+    for a, qph in zip(old, (2_000, 4_000)):
+        a["pricing"] = local_serving_price(4.0, 1.0, throughput_qph=qph, concurrency=8).as_dict()
+    # hours used at full load: ₹200 vs ₹100 + ₹100 a month; a tie the fine-tuned arm wins on latency
+    old[1]["latency_p50_s"] = 0.5
+    report = {"name": "r", "currency": "INR", "hardware": {"name": "box", "price_per_hour": 4.0},
+              "monthly_queries": 100_000, "quality_tolerance": 0.05, "primary_metric": "checks",
+              "pricing": {"amortise_months": 12}, "arms": old,
+              "recommendation": recommend(old, 0.05, "INR", primary_metric="checks")}
+    assert report["recommendation"]["arm"] == "ft"
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report), encoding="utf-8")
+    mod = _reprice_module()
+    assert mod.main([str(path), "--json", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))[0]
+    assert out["before"]["arm"] == "ft" and out["after"]["arm"] == "rag"
+    assert [r["machines"] for r in out["arms"]] == [1, 1]
+    assert [r["monthly_cost"] for r in out["arms"]] == pytest.approx([2920.0, 3020.0])
+    assert "pick: ft (tie) as written → rag (tie) re-priced" in capsys.readouterr().out
+    # billed by the hours used at full load, the old pick stands
+    assert mod.main([str(path), "--hourly", "--utilisation", "1", "--json", str(tmp_path / "h.json")]) == 0
+    assert json.loads((tmp_path / "h.json").read_text(encoding="utf-8"))[0]["after"]["arm"] == "ft"
+    # not a report: a clear error naming the file, no traceback
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    assert mod.main([str(bad)]) == 2
+    assert f"error: {bad}: not a report.json written by `tunewise compare`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main([str(path), "--utilisation", "0"])

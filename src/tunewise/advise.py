@@ -215,7 +215,8 @@ def decide_from_evidence(report: EvidenceReport, path: str, latency_target_ms: i
     elif act is pick:
         others = ", ".join(describe(a) for a in tied[1:])
         statement = (f"{head}, takes precedence over the rules: unresolved — {describe(pick)} ties with {others} "
-                     f"on this eval set{more}; it is the cheapest of them.")
+                     f"on this eval set{more}; compare's rule picks it among them (the cheapest, then the lower p50 "
+                     "latency, then the simpler approach).")
     elif act is not None:
         statement = (f"{head}, takes precedence over the rules: unresolved — compare recommends {describe(pick)} "
                      f"only as the cheapest of arms that tie{more}, which is no evidence that fine-tuning pays "

@@ -149,7 +149,10 @@ def machines_needed(queries_per_month: float, capacity_per_machine_month: float,
     ``capacity_per_machine_month`` at the assumed utilisation; never fewer than ``min_machines``."""
     if capacity_per_machine_month <= 0 or math.isinf(capacity_per_machine_month):
         return min_machines
-    return max(min_machines, math.ceil(queries_per_month / capacity_per_machine_month))
+    # a volume at exactly one machine's capacity needs that machine, not a float rounding's second one
+    return max(min_machines, math.ceil(queries_per_month / capacity_per_machine_month - 1e-9))
+
+
 # What a reviewer costs per hour when the config does not say (a domain expert checking examples),
 # in the report's currency: labour is not priced by exchange rate.
 DEFAULT_REVIEWER_RATE = {"INR": 600.0, "USD": 30.0}
@@ -162,7 +165,7 @@ class LocalPricing:
 
     cost_per_1k: float
     method: Literal["throughput", "sequential"]
-    queries_per_hour: float
+    queries_per_hour: float | None  # None: unbounded (an arm timed at 0 s a query)
     concurrency: int
     shared_prefix_tokens: float
     prefix_seconds_saved: float  # per query, by not prefilling the shared prefix again
@@ -246,19 +249,26 @@ def local_serving_price(price_per_hour: float, seconds_per_query: float, *, thro
     if always_on:
         machines = machines_needed(monthly_queries, capacity or float("inf"), min_machines)
         running = machines * machine_month
-        cost = running / monthly_queries * 1000.0 if monthly_queries > 0 else hourly_cost
         serves = f"one machine serves {capacity:,.0f} queries/month" if capacity else "one machine serves any volume"
+        month = f"{machine_month:,.0f}" if machine_month >= 1000 else f"{machine_month:,.2f}"
         basis += (f"; at {utilisation:.0%} utilisation {serves}: {machines} on all month "
-                  f"({machines} × {price_per_hour * hours_per_month:,.0f}{' ' + currency if currency else ''}) "
-                  f"for {monthly_queries:,.0f} queries")
+                  f"({machines} × {month}{' ' + currency if currency else ''})")
+        if monthly_queries > 0:
+            cost = running / monthly_queries * 1000.0
+            basis += f" for {monthly_queries:,.0f} queries"
+        else:  # no volume to spread the machines over: the per-query figure is the hours' worth
+            cost = hourly_cost
+            basis += " with no queries a month; the cost per 1,000 is billed by the hour at that utilisation"
     else:
         cost = hourly_cost
         if monthly_queries is not None:
             running = cost * monthly_queries / 1000.0
         if utilisation < 1:
             basis += f"; billed for the hours used at {utilisation:.0%} utilisation"
-    return LocalPricing(cost, "throughput" if measured else "sequential", qph, n, shared_prefix_tokens, saved, basis,
-                        note, utilisation, always_on, min_machines, machine_month, capacity, machines, running)
+    # report.json must stay valid JSON: an unbounded rate (an arm measured at 0 s a query) is stored as None
+    return LocalPricing(cost, "throughput" if measured else "sequential", qph if qph != float("inf") else None, n,
+                        shared_prefix_tokens, saved, basis, note, utilisation, always_on, min_machines, machine_month,
+                        capacity, machines, running)
 
 
 def running_monthly_at(pricing: dict[str, Any], queries_per_month: float) -> float:

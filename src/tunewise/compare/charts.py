@@ -84,21 +84,26 @@ def cost_by_volume(arms: list[dict[str, Any]], currency: str, monthly_queries: i
     ran = [a for a in arms if a.get("status") == "ok" and monthly_at(a, 1.0) is not None]
     if not ran or not any("machine_month" in (a.get("pricing") or {}) for a in ran):
         return None  # a report priced before machines were counted
-    plt = _plt()
     top = max(10 * max(monthly_queries, 1), 10_000_000)
     qs = np.logspace(3, np.log10(top), 600)
+    lines = [(a, [monthly_at(a, q) for q in qs]) for a in ran]
+    if all(y <= 0 for _, ys in lines for y in ys):
+        return None  # everything free (hardware at 0/hour, no one-off costs): nothing to draw
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = ["-", "--", "-.", ":"]
-    for i, a in enumerate(ran):
-        ys = [monthly_at(a, q) for q in qs]
-        ax.plot(qs, ys, styles[i % len(styles)], color=COLORS.get(a["kind"], "#777"),
+    styles = ["-", "-.", ":", (0, (5, 1, 1, 1))]  # the volume marker is the only dashed line
+    for i, (a, ys) in enumerate(lines):
+        ax.plot(qs, ys, linestyle=styles[i % len(styles)], color=COLORS.get(a["kind"], "#777"),
                 linewidth=2.6 if a["name"] == pick else 1.6,
                 label=a["name"] + (" (recommended)" if a["name"] == pick else ""))
     volume_axes(ax, monthly_queries, f"this report: {monthly_queries:,}/month",
                 f"monthly cost, one-off costs spread in ({currency})")
+    if any(y <= 0 for _, ys in lines for y in ys):
+        ax.set_yscale("symlog", linthresh=1.0)  # a free arm: zero has no place on a log scale
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title("Monthly cost by volume (local arms: whole machines)")
+    machines = any((a.get("pricing") or {}).get("always_on") for a in ran)
+    ax.set_title("Monthly cost by volume" + (" (local arms: whole machines kept on)" if machines else ""))
     return _png(fig)
 
 

@@ -119,10 +119,11 @@ def how_priced(a: dict[str, Any]) -> str:
     """One arm's pricing method in a few words (report.html, terminal, demo summary)."""
     pr = a.get("pricing") or {}
     method = pr.get("method")
+    qph = "–" if pr.get("queries_per_hour") is None else f"{pr['queries_per_hour']:,.0f}"
     if method == "throughput":
-        return f"throughput: {pr['queries_per_hour']:,.0f} queries/hour at concurrency {pr['concurrency']}" + _machines(pr)
+        return f"throughput: {qph} queries/hour at concurrency {pr['concurrency']}" + _machines(pr)
     if method == "sequential":
-        return f"sequential fallback: {pr['queries_per_hour']:,.0f} queries/hour one at a time" + _machines(pr)
+        return f"sequential fallback: {qph} queries/hour one at a time" + _machines(pr)
     if method == "api":
         return "API: tokens × prices"
     return "–"

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tunewise.compare.stats import Paired, needed_for, paired
@@ -45,6 +46,27 @@ def _cost_order(a: dict[str, Any], monthly: bool) -> tuple:
     examples) spread in; else the cost per 1,000 queries."""
     cost = a["monthly_cost"] if monthly and _all_in(a) else _cost(a)
     return (cost if cost is not None else INF, a.get("latency_p50_s") or INF, SIMPLICITY.get(a["kind"], 9))
+
+
+def _same_cost(a: dict[str, Any], b: dict[str, Any], monthly: bool) -> bool:
+    """Whether two arms cost the same to the paisa/cent (e.g. local arms that each fit one box kept on)."""
+    x, y = _cost_order(a, monthly)[0], _cost_order(b, monthly)[0]
+    return x != INF and y != INF and math.isclose(x, y, rel_tol=1e-9, abs_tol=0.005)
+
+
+def _tie_break_text(pick: dict[str, Any], tied: list[dict[str, Any]], monthly: bool, currency: str) -> str:
+    """How the pick was chosen among tied arms: the cheapest, or at equal cost what broke the tie."""
+    cheapest = "the cheapest" + (" (monthly, one-off costs included)" if _all_in(pick) else "") + " is recommended"
+    same = [a for a in tied[1:] if _same_cost(a, pick, monthly)]
+    if not same:
+        return f"so {cheapest}."
+    amount = pick["monthly_cost"] if monthly and _all_in(pick) else _cost(pick)
+    names = ", ".join(f"'{a['name']}'" for a in same)
+    lat = pick.get("latency_p50_s")
+    by = ("the lower p50 latency decided" if any((a.get("latency_p50_s") or INF) != (lat or INF) for a in same)
+          else "the simpler approach decided")
+    return (f"so {cheapest}; '{pick['name']}' and {names} cost the same "
+            f"({money(amount, currency)}{' a month' if monthly and _all_in(pick) else ' per 1,000 queries'}), so {by}.")
 
 
 def cost_text(a: dict[str, Any], currency: str) -> str:
@@ -134,8 +156,8 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
     elif not resolved:
         names = ", ".join(f"'{a['name']}'" for a in tied[1:])
         st.append(f"Tie: '{pick['name']}' and {names} are indistinguishable on this eval set (no arm beat "
-                  f"another by more than the noise and the tolerance of {tolerance:.2f}), so the cheapest"
-                  + (" (monthly, one-off costs included)" if _all_in(pick) else "") + " is recommended.")
+                  f"another by more than the noise and the tolerance of {tolerance:.2f}), "
+                  + _tie_break_text(pick, tied, monthly, currency))
         for a in sorted(tied[1:], key=lambda a: -a["quality"]):
             st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
 
@@ -210,9 +232,10 @@ def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | N
                   f"below the best arm '{best['name']}'" + (f" ({paired_text(p)})." if p else "."))
         return False, "did_not_pay_off"
     p = cmp(best_ft, pick)
+    same = _same_cost(pick, best_ft, _all_in(pick) and _all_in(best_ft))
     st.append(f"Fine-tuning did not pay off on this eval set: '{best_ft['name']}' ties with '{pick['name']}'"
               + (f" ({paired_text(p)})" if p else "")
-              + f", and '{pick['name']}' costs less ("
+              + f", and '{pick['name']}' {'costs the same' if same else 'costs less'} ("
               + (f"{money(pick['monthly_cost'], currency)} vs {money(best_ft['monthly_cost'], currency)} a month, "
                  "one-off costs included" if _all_in(pick) and _all_in(best_ft) else
                  f"{money(_cost(pick), currency)} vs {money(_cost(best_ft), currency)} per 1,000 queries")

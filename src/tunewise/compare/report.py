@@ -158,7 +158,9 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
     h.append(f"<p class='sub'>{report['n_examples']} eval examples from <code>{escape(report['eval_file'])}</code>"
              f" · base model <code>{escape(report['base_model'])}</code> · local arms priced on "
              f"{escape(report['hardware']['name'])} at {money(report['hardware']['price_per_hour'], cur)}/hour"
-             f" · {report['monthly_queries']:,} queries/month · {escape(report['created'])}</p>")
+             + (f", kept on all month at {report['hardware'].get('utilisation', 1.0):.0%} utilisation"
+                if report["hardware"].get("always_on") else "")
+             + f" · {report['monthly_queries']:,} queries/month · {escape(report['created'])}</p>")
 
     if report.get("caveat"):
         h.append(f"<section id='caveat' class='caveat'><strong>Caveat.</strong> {escape(report['caveat'])}</section>")
@@ -225,8 +227,10 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
                  f"{report['pricing']['amortise_months']:g} months)" if report.get("pricing") else "cost per 1,000 queries")
     h.append(_img(charts.get("quality_vs_cost"), f"Quality vs {cost_axis} (error bars: 95% intervals)",
                   "chart-quality-cost"))
-    h.append(_img(charts.get("cost_by_volume"), "Monthly cost by queries per month, one-off costs spread in (local "
-                  "arms pay whole machines, so they step; dashed line: this report's volume)", "chart-cost-volume"))
+    steps = ("local arms pay whole machines kept on all month, so they step; " if report["hardware"].get("always_on")
+             else "local arms billed by the hours used; ")
+    h.append(_img(charts.get("cost_by_volume"), f"Monthly cost by queries per month, one-off costs spread in ({steps}"
+                  "grey dashed line: this report's volume)", "chart-cost-volume"))
     h.append(_img(charts.get("metrics"), "Quality metrics per arm (error bars: 95% intervals)", "chart-metrics"))
     h.append(_img(charts.get("latency"), "Latency per query (p50, p95)", "chart-latency"))
     for name, png in charts.items():
