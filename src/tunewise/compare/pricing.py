@@ -106,6 +106,16 @@ def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict
     rep["monthly_cost_usd"] = rep["monthly_cost"] / rate if c1k is not None else None
 
 
+def billing_text(hw: dict[str, Any]) -> str:
+    """How the local hardware is billed, to follow its hourly price (report header, demo summary)."""
+    util = hw.get("utilisation", 1.0)
+    if hw.get("always_on"):
+        return f", kept on all month (as many as the volume needs, at {util:.0%} of the throughput each arm sustained)"
+    if "always_on" in hw:
+        return f", billed for the hours used at {util:.0%} of the throughput each arm sustained"
+    return ""  # a report priced before the billing was stated
+
+
 def _machines(pr: dict[str, Any]) -> str:
     """What the machines cost at the report's volume, for a local arm priced with them."""
     if not pr.get("always_on") or pr.get("machines") is None:

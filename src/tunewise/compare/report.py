@@ -7,7 +7,7 @@ import base64
 from html import escape
 from typing import Any
 
-from tunewise.compare.pricing import assumptions_text, how_priced
+from tunewise.compare.pricing import assumptions_text, billing_text, how_priced
 from tunewise.formatting import money
 
 CSS = """
@@ -158,8 +158,7 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes | None]) -> str:
     h.append(f"<p class='sub'>{report['n_examples']} eval examples from <code>{escape(report['eval_file'])}</code>"
              f" · base model <code>{escape(report['base_model'])}</code> · local arms priced on "
              f"{escape(report['hardware']['name'])} at {money(report['hardware']['price_per_hour'], cur)}/hour"
-             + (f", kept on all month at {report['hardware'].get('utilisation', 1.0):.0%} utilisation"
-                if report["hardware"].get("always_on") else "")
+             + billing_text(report["hardware"])
              + f" · {report['monthly_queries']:,} queries/month · {escape(report['created'])}</p>")
 
     if report.get("caveat"):

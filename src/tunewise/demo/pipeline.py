@@ -129,17 +129,9 @@ def check_data(root: Path, model: str, sequence_len: int, console, tolerance: fl
         raise TunewiseError(f"the generated data in {root / 'data'} failed its check", "report this as a bug")
 
 
-def _machines(rep: dict) -> str:
-    """How the demo's boxes are billed, after their hourly price."""
-    hw = rep["hardware"]
-    if hw.get("always_on"):
-        return (f", kept on all month (as many as the volume needs, at {hw.get('utilisation', 1.0):.0%} of the "
-                "throughput each arm sustained)")
-    return f", billed for the hours used at {hw.get('utilisation', 1.0):.0%} of the throughput each arm sustained"
-
-
 def summary_markdown(results: list[DemoResult], total_seconds: float | None = None) -> str:
     """The demo's measured tables and recommendations as Markdown (what docs/compare.md quotes)."""
+    from tunewise.compare.pricing import billing_text
     from tunewise.formatting import money
 
     lines: list[str] = []
@@ -150,7 +142,7 @@ def summary_markdown(results: list[DemoResult], total_seconds: float | None = No
         cur = rep["currency"]
         lines.append(f"### {r.title}\n")
         lines.append(f"{rep['n_examples']} held-out examples; quality = `{rep['primary_metric']}`; local arms priced at "
-                     f"{money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}){_machines(rep)}; "
+                     f"{money(rep['hardware']['price_per_hour'], cur)}/hour ({rep['hardware']['name']}){billing_text(rep['hardware'])}; "
                      f"scenario wall time {r.seconds / 60:.1f} min.\n")
         if rep.get("caveat"):
             lines.append(f"**Caveat.** {rep['caveat']}\n")
