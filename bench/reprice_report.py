@@ -25,28 +25,31 @@ import sys
 from pathlib import Path
 
 
+#: what a report.json must hold to be priced again
+REPORT_KEYS = ("arms", "hardware", "recommendation", "currency", "monthly_queries", "quality_tolerance")
+
+
 def reprice(report: dict, monthly_queries: int, utilisation: float, always_on: bool, min_machines: int) -> dict:
     """The report's arms priced again, and compare's recommendation on them."""
     from tunewise.compare.recommend import recommend
     from tunewise.costs import local_serving_price
 
     hw = report["hardware"]
-    months = (report.get("pricing") or {}).get("amortise_months", 12)
     arms = []
     for a in report["arms"]:
         a = dict(a)
         pr = a.get("pricing") or {}
-        one_off = (a.get("one_off") or {}).get("total") or 0.0
+        one_off = (a.get("one_off") or {}).get("monthly") or 0.0  # spread over the report's months
         if a.get("status") == "ok" and pr.get("method") in ("throughput", "sequential"):
             lp = local_serving_price(hw["price_per_hour"], a.get("seconds_per_query") or 0.0,
                                      throughput_qph=pr.get("queries_per_hour"), concurrency=pr.get("concurrency"),
                                      utilisation=utilisation, always_on=always_on, min_machines=min_machines,
                                      monthly_queries=monthly_queries, currency=report["currency"])
             a.update(pricing=lp.as_dict(), cost_per_1k_queries=lp.cost_per_1k, monthly_running_cost=lp.running_monthly,
-                     monthly_cost=lp.running_monthly + one_off / months)
+                     monthly_cost=lp.running_monthly + one_off)
         elif a.get("status") == "ok" and a.get("cost_per_1k_queries") is not None:
             running = a["cost_per_1k_queries"] * monthly_queries / 1000.0
-            a.update(monthly_running_cost=running, monthly_cost=running + one_off / months)
+            a.update(monthly_running_cost=running, monthly_cost=running + one_off)
         arms.append(a)
     rec = recommend(arms, report["quality_tolerance"], report["currency"],
                     min_quality=(report.get("config") or {}).get("min_quality"),
@@ -92,9 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.reports:
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
-            report["arms"], report["hardware"], report["recommendation"]  # noqa: B018 (a compare report?)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"error: {path}: not a report.json written by `tunewise compare` ({e})", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            report, problem = None, str(e)
+        else:
+            if not isinstance(report, dict):
+                problem = "not a JSON object"
+            else:
+                missing = [k for k in REPORT_KEYS if k not in report]
+                problem = "missing " + ", ".join(missing) if missing else ""
+        if problem:
+            print(f"error: {path}: not a report.json written by `tunewise compare` ({problem})", file=sys.stderr)
             return 2
         q = args.monthly_queries if args.monthly_queries is not None else report["monthly_queries"]
         res = reprice(report, q, args.utilisation, not args.hourly, args.min_machines)
