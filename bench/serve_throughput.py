@@ -7,6 +7,7 @@ a one-off GGUF conversion of the model per precision, cached in $TUNEWISE_HOME/g
     .venv/bin/python bench/serve_throughput.py --quick                       # ~16 tokens, concurrency 1,4: a smoke run
     .venv/bin/python bench/serve_throughput.py --concurrency 1,8 --requests 8 --precisions q8_0
     .venv/bin/python bench/serve_throughput.py --model runs/notices          # any model tunewise serves
+    .venv/bin/python bench/serve_throughput.py --isa avx2 --precisions q8_0  # the HF baseline as on an AVX2-only CPU
 
 Every arm answers the same prompts: the legal-notice scenario's (tunewise.demo.notices: its system
 prompt and a generated case), ``--new-tokens`` (200) at most, greedy (temperature 0, fixed seed).
@@ -39,6 +40,13 @@ memory is its own.
 Targets (issue 14), each a ratio against the HF row of the same run: generated tokens/s at
 concurrency 1 >= 5x, and aggregate generated tokens/s at concurrency 16 >= 15x HF at concurrency 1.
 The CPU line is printed and recorded in --out.
+
+``--isa avx2`` emulates an AVX2-only CPU on a newer one: oneDNN, MKL, ATen and tunewise are capped
+at AVX2 in every process of the run, so the HF reference decodes in fp32 with AVX2 kernels, as on
+the CPU issue 14's figures come from. llama.cpp cannot be capped from outside: the run refuses
+unless it is PyPI's wheel, which is compiled for AVX2 already. The CPU line says "(emulated)". An
+emulated core still has this CPU's clock, caches and memory, so the absolute figures are not an
+AVX2 machine's; the ratio is the estimate of one.
 """
 
 from __future__ import annotations
@@ -373,6 +381,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the requests' seed (decoding is greedy)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 16 new tokens, concurrency 1,4")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="emulate an AVX2-only CPU on a newer one: the HF reference capped at AVX2 (fp32), "
+                         "llama.cpp must be the AVX2 wheel; figures labelled emulated")
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -395,6 +406,9 @@ def main() -> None:
     started = time.perf_counter()
     cpu = cpu_info()
     built_for = build_isa()  # PyPI's wheel: AVX2; `make setup-native`: this CPU's widest
+    if args.isa == "avx2" and built_for != "AVX2":
+        raise SystemExit(f"--isa avx2: llama.cpp here is compiled for {built_for}, which an emulated AVX2 run "
+                         "cannot cap; run it where llama.cpp is PyPI's xllamacpp wheel (not after `make setup-native`)")
     print(f"CPU: {describe_cpu(cpu)} (flags: {' '.join(cpu['flags']) or 'none of avx2/avx512f/avx512_bf16/amx'}); "
           f"llama.cpp compiled for {built_for}", flush=True)
     prompts = notice_prompts(2)
@@ -440,7 +454,8 @@ def main() -> None:
             except md.PackageNotFoundError:
                 versions[pkg] = None
         atomic_write_text(args.out, json.dumps({
-            "cpu": cpu, "cpu_line": describe_cpu(cpu), "llamacpp_built_for": built_for, "model": args.model,
+            "cpu": cpu, "cpu_line": describe_cpu(cpu), "isa": args.isa, "llamacpp_built_for": built_for,
+            "model": args.model,
             "new_tokens": args.new_tokens,
             "concurrency": concurrency, "requests": args.requests, "seed": args.seed, "quick": args.quick,
             "prompt_seed": PROMPT_SEED, "versions": versions, "run_s": total,
@@ -451,5 +466,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from tunewise.hardware import restart_with_isa
+
+    restart_with_isa(str(Path(__file__).resolve()), sys.argv[1:], dict(os.environ))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

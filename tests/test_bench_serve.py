@@ -70,6 +70,26 @@ def test_throughput_quick_run_writes_every_figure(tiny_hf_and_gguf, tmp_path):
     assert {a["arm"] for a in data["arms"]} == {"hf", "llama.cpp-0-f32", "llama.cpp-f32-ngram"}
 
 
+def test_throughput_emulating_avx2_caps_the_hf_baseline_or_refuses_a_native_build(tiny_hf_and_gguf, tmp_path):
+    """``--isa avx2``: the HF reference runs as on an AVX2-only CPU (fp32, labelled emulated); a
+    llama.cpp compiled for a wider instruction set cannot be capped, so the run says so and stops."""
+    from tunewise.infer.llamacpp import build_isa
+
+    hf, gguf = tiny_hf_and_gguf
+    out = tmp_path / "avx2.json"
+    cmd = [sys.executable, str(BENCH / "serve_throughput.py"), "--isa", "avx2", "--quick", "--concurrency", "1",
+           "--model", str(hf), "--precisions", "", "--gguf", str(gguf), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if build_isa() != "AVX2":  # `make setup-native` on this machine
+        assert proc.returncode != 0 and "cannot cap" in proc.stderr and not out.exists()
+        return
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("CPU: ") and "(emulated)" in proc.stdout.splitlines()[0]
+    data = json.loads(out.read_text())
+    assert data["isa"] == "avx2" and data["cpu"]["kind"].endswith("(emulated)") and data["cpu"]["flags"] == ["avx2"]
+    assert data["baseline"]["engine"] == "hf" and data["baseline"]["precision"] == "fp32"
+
+
 def test_soak_quick_run_has_no_errors_and_reports_rss(tiny_hf_and_gguf, tmp_path):
     _, gguf = tiny_hf_and_gguf
     out = tmp_path / "soak.json"
