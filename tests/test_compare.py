@@ -307,6 +307,69 @@ def test_a_finished_full_fine_tuning_run_is_reused(tiny_model_dir, files, monkey
     assert ft["status"] == "ok" and ft["training"]["steps"] == 2 and ft["training"]["run_dir"] == str(run)
 
 
+def _gguf_of_type(path: Path, file_type) -> Path:
+    """A GGUF holding only its header and file type: what tunewise reads before running one."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_file_type(file_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_every_local_arm_runs_at_one_precision_settled_before_training(files, monkeypatch):
+    """Issue 14: no arm quietly on a 4-bit base GGUF while the fine-tuned one is converted to f16;
+    a precision the engine cannot run is refused at once, not after a training run."""
+    import gguf
+
+    import tunewise.compare.runner as runner
+    from tunewise.compare.runner import plan_precision
+
+    def plan(**kw):
+        return plan_precision(load_compare_config(data=cfg_dict(files, **kw)))
+
+    ft = {"type": "finetuned", "run": str(files / "runs/ft")}
+    # the engine and the precision must fit
+    with pytest.raises(TunewiseError) as e:
+        plan(engine="hf", precision="q8_0")
+    assert "precision: q8_0" in e.value.message and "engine hf" in e.value.message and "llama.cpp" in e.value.hint
+    assert plan(engine="hf", precision="bf16") == "bf16" and plan(engine="hf-batch", precision="auto") == "auto"
+    assert plan(engine="llama.cpp", precision="float16") == "f16" and plan(engine="llama.cpp", precision="fp32") == "f32"
+    assert plan(engine="hf", precision="q8_0", arms=[{"type": "api", "model": "m"}]) == "q8_0"  # no local arm: moot
+    # a base model given as a GGUF runs as it is: auto takes its type for the converted fine-tuned arm
+    f32 = _gguf_of_type(files / "base-f32.gguf", gguf.LlamaFileType.ALL_F32)
+    assert plan(engine="llama.cpp", base_model=str(f32), arms=[{"type": "prompt"}, ft]) == "f32"
+    assert plan(engine="llama.cpp", base_model=str(f32), arms=[{"type": "prompt"}]) == "auto"
+    with pytest.raises(TunewiseError) as e:
+        plan(engine="llama.cpp", base_model=str(f32), precision="q8_0", arms=[{"type": "prompt"}, ft])
+    assert "holds f32 weights" in e.value.message and "q8_0" in e.value.message and "precision: auto" in e.value.hint
+    q41 = _gguf_of_type(files / "base-q4_1.gguf", gguf.LlamaFileType.MOSTLY_Q4_1)
+    assert plan(engine="llama.cpp", base_model=str(q41), arms=[{"type": "rag", "docs": str(files / "docs")}]) == "auto"
+    assert plan(engine="llama.cpp", base_model=str(q41), arms=[ft]) == "auto"  # the base itself is not run
+    with pytest.raises(TunewiseError) as e:
+        plan(engine="llama.cpp", base_model=str(q41), arms=[{"type": "prompt"}, ft])
+    assert "holds q4_1 weights" in e.value.message and "different precisions" in e.value.message
+    assert "HF model" in e.value.hint
+
+    # in a run: refused before the fine-tuned arm is trained or any file is written
+    def no_training(*a, **k):
+        raise AssertionError("trained before the precision was checked")
+
+    monkeypatch.setattr(runner, "_train_arm", no_training)
+    cfg = load_compare_config(data=cfg_dict(files, engine="llama.cpp", base_model=str(q41), arms=[
+        {"type": "prompt"}, {"type": "finetuned", "train": {"max_steps": 1}}]))
+    with pytest.raises(TunewiseError, match="holds q4_1 weights"):
+        run_compare(cfg, quiet=True)
+    cfg = load_compare_config(data=cfg_dict(files, engine="hf", precision="q8_0", arms=[
+        {"type": "finetuned", "train": {"max_steps": 1}}]))
+    with pytest.raises(TunewiseError, match="engine hf"):
+        run_compare(cfg, quiet=True)
+    assert not (files / "report").exists()
+
+
 def test_example_configs_are_valid():
     root = Path(__file__).resolve().parents[1] / "examples"
     paths = sorted(root.glob("compare-*.yaml"))

@@ -429,3 +429,35 @@ def test_compare_engine_lines_name_the_build_and_hint_a_native_one(monkeypatch):
     monkeypatch.setattr(hw, "cpu_info", lambda: {"kind": "AVX2"})
     ev.print_engine_lines(report)
     assert "make setup-native" not in ev.console.export_text()  # nothing to gain on an AVX2-only CPU
+
+
+class _SlotsEngine:
+    """A batching engine with 8 slots that answers at once (records how many it got per call)."""
+
+    name, precision, n_parallel = "fake", "f16", 8
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def generate(self, requests, on_result=None):
+        self.calls.append(len(requests))
+        out = [Completion("ok", 5, 3, "stop", 0.01, 0.005) for _ in requests]
+        for i, c in enumerate(out):
+            if on_result is not None:
+                on_result(i, c)
+        return out
+
+
+def test_run_all_records_the_requests_in_flight_not_just_the_slots():
+    """Issue 15: an eval set smaller than the slots never fills them, and the stats say so."""
+    from tunewise.infer.run import run_all
+
+    eng = _SlotsEngine()
+    reqs = [Request([{"role": "user", "content": f"q{i}"}], max_tokens=3) for i in range(8)]
+    out, stats = run_all(eng, reqs, latency_samples=5)
+    assert eng.calls == [1, 1, 1, 1, 1, 3] and len(out) == 8
+    d = stats.to_dict()
+    assert d["throughput_concurrency"] == 3 and d["throughput_slots"] == 8 and d["throughput_queries"] == 3
+    eng = _SlotsEngine()
+    _, stats = run_all(eng, reqs * 3, latency_samples=5)  # 19 left: every slot in use
+    assert stats.to_dict()["throughput_concurrency"] == 8 and stats.to_dict()["throughput_slots"] == 8

@@ -394,6 +394,23 @@ def test_the_terminal_says_how_many_boxes_and_what_they_assume():
 # --- bench/reprice_report.py: a finished report under other assumptions ------------------------
 
 
+def test_price_arm_says_when_the_eval_set_left_slots_empty():
+    """Issue 15 item 4: throughput from 3 requests on 8 slots is not a busy server's; the arm says so."""
+    cfg = _cfg()
+    prompts = _prompts("Answer briefly.", ["What is the leave?", "Who approves travel?"])
+    answers = [SimpleNamespace(ttft_s=0.2, input_tokens=40, output_tokens=10, seconds=1.0, extra={})] * 2
+    few = _rep("prompt", throughput_qph=3600.0, throughput_concurrency=3, throughput_slots=8,
+               throughput_queries=3, latency_samples=5)
+    price_arm(few, None, Arm("prompt", "prompt", "m"), prompts, answers, cfg, rate=90.0)
+    note = [n for n in few["notes"] if "request(s) at once" in n]
+    assert len(note) == 1 and "only 3 request(s)" in note[0] and "decodes 8" in note[0]
+    assert "13 or more eval examples" in note[0] and "overstates the local cost" in note[0]
+    full = _rep("prompt", throughput_qph=3600.0, throughput_concurrency=8, throughput_slots=8,
+                throughput_queries=20, latency_samples=5)
+    price_arm(full, None, Arm("prompt", "prompt", "m"), prompts, answers, cfg, rate=90.0)
+    assert not [n for n in full["notes"] if "request(s) at once" in n]
+
+
 def _reprice_module():
     import importlib.util
     from pathlib import Path

@@ -89,6 +89,13 @@ def price_arm(rep: dict[str, Any], arm_cfg, runner: Arm, prompts: list[list[dict
         basis, c1k = lp.basis, lp.cost_per_1k
         if lp.note:
             rep["notes"].append(lp.note)
+        slots, conc = rep.get("throughput_slots") or 1, rep.get("throughput_concurrency") or 1
+        if rep.get("throughput_qph") and conc < slots:
+            rep["notes"].append(
+                f"throughput measured with only {conc} request(s) at once, though the engine decodes {slots} "
+                f"together: the eval set left {rep.get('throughput_queries')} after the {rep.get('latency_samples', 0)} "
+                f"answered alone. A busy server answers more per hour, so this overstates the local cost; "
+                f"{slots + rep.get('latency_samples', 0)} or more eval examples (or fewer latency_samples) measure it fully")
     one_off = OneOffCosts((rep.get("training") or {}).get("cost") or 0.0, labelled_examples(rep, runner),
                           cfg.review_minutes_per_example, assume["reviewer_hourly_rate"], cfg.amortise_months)
     if one_off.labelled_examples is None:

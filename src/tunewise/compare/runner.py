@@ -223,6 +223,49 @@ def _build_all(runner: Arm, examples: list[EvalExample]) -> _Built:
     return built
 
 
+def plan_precision(cfg: CompareConfig) -> str:
+    """The one precision every local arm will run at, settled before any training: the engine and
+    the precision must fit each other, and a base model given as a GGUF (which runs as it is) must
+    hold the weights every other local model is converted to. ``auto`` becomes that GGUF's type when
+    a fine-tuned arm is converted beside it. Raises a TunewiseError naming the key otherwise."""
+    from tunewise.infer.llamacpp import GGUF_TYPES, gguf_file_of, gguf_file_type, gguf_precision
+    from tunewise.models import DTYPE_NAMES
+
+    arms = [a for a in cfg.arms if a.type != "api"]
+    name = resolve_engine(cfg.engine)
+    requested = cfg.precision.lower()
+    if not arms:
+        return cfg.precision
+    if name != "llama.cpp":  # hf, hf-batch: torch dtypes
+        if requested != "auto" and requested not in DTYPE_NAMES:
+            raise TunewiseError(
+                f"precision: {cfg.precision} is a llama.cpp GGUF type, but the local arms run on engine {name}",
+                f"use one of: auto, {', '.join(DTYPE_NAMES)} with engine {name}, or set engine: llama.cpp")
+        return cfg.precision
+    wanted = gguf_precision(requested)
+    if wanted != "auto" and wanted not in GGUF_TYPES:
+        raise TunewiseError(f"precision: {cfg.precision} is not a type llama.cpp runs here",
+                            f"use one of: auto, {', '.join(GGUF_TYPES)} (or fp32, fp16, bf16)")
+    file = gguf_file_of(cfg.base_model) if any(a.type != "finetuned" for a in arms) else None
+    if file is None:
+        return wanted
+    kind = gguf_file_type(file)
+    converted = any(a.type == "finetuned" for a in arms)  # its run is converted to GGUF beside the base
+    if wanted != "auto" and wanted != kind:
+        raise TunewiseError(
+            f"base_model {file} holds {kind} weights, but precision: {cfg.precision} asks for {wanted}: a GGUF "
+            f"runs as it is, so its arms would not run at the precision of the others",
+            f"set precision: auto (or {kind}) to run every local arm at {kind}, or give base_model as the "
+            f"HF model, which tunewise converts to {wanted}")
+    if converted and kind not in GGUF_TYPES:
+        raise TunewiseError(
+            f"base_model {file} holds {kind} weights, which tunewise cannot convert the fine-tuned arm's model "
+            f"to: the arms would run at different precisions (all arms of one comparison run at one)",
+            f"give base_model as the HF model (every local model is then converted to one type, f16 by "
+            f"default), or a GGUF of one of: {', '.join(GGUF_TYPES)}")
+    return kind if converted else wanted
+
+
 class _LocalEngines:
     """One engine per local model, every one of the same kind and precision (all llama.cpp f16, or
     all the HF reference), each fast one checked against the reference first (the parity gate).
@@ -231,9 +274,10 @@ class _LocalEngines:
     with the reference, so that no arm of the comparison runs on another engine than the others.
     """
 
-    def __init__(self, cfg: CompareConfig, con):
+    def __init__(self, cfg: CompareConfig, con, precision: str | None = None):
         self.cfg, self.con = cfg, con
         self.name = resolve_engine(cfg.engine)
+        self.precision = precision or plan_precision(cfg)
         self.checked: dict[str, Checked] = {}
         self.refs: dict[str, Any] = {}
         self.params: dict[str, int] = {}
@@ -249,7 +293,7 @@ class _LocalEngines:
 
         if ref not in self.refs:
             if self.name == "hf":
-                dtype = resolve_dtype(None if self.cfg.precision == "auto" else self.cfg.precision)
+                dtype = resolve_dtype(None if self.precision == "auto" else self.precision)
                 self.refs[ref] = HFEngine.from_loaded(load_model(ref, dtype=dtype, merge_adapter=True),
                                                       load_tokenizer(ref), ref)
             else:
@@ -274,7 +318,7 @@ class _LocalEngines:
                 arms = f" of its {len(per_arm)} arms" if len(per_arm) > 1 else ""
                 self.con.print(f"[dim]parity check: {ref} on {self.name} against the HF reference "
                                f"({len(checked_prompts)} eval prompts{arms}, taken in turn)…[/]")
-            checked = open_checked(ref, self.name, cfg.precision, hf,
+            checked = open_checked(ref, self.name, self.precision, hf,
                                    [Request(m, max_tokens=cfg.max_new_tokens) for m in checked_prompts],
                                    cfg.on_parity_failure, n_parallel=cfg.n_parallel, ctx_per_request=ctx)
             self.checked[ref] = checked
@@ -282,6 +326,13 @@ class _LocalEngines:
                 self.con.print(f"[bold red]{note}[/]" if checked.fell_back else f"  {note}", highlight=False)
             self.notes.extend(n for n in checked.notes if checked.parity is not None)
         self.fell_back = any(c.fell_back for c in self.checked.values())
+        kinds = {ref: c.engine.precision for ref, c in self.checked.items()}
+        if not self.fell_back and len(set(kinds.values())) > 1:  # plan_precision should have made this impossible
+            for c in self.checked.values():
+                c.engine.close()
+            raise TunewiseError("the local arms' models would run at different precisions: " + ", ".join(
+                f"{ref} {kind}" for ref, kind in kinds.items()),
+                "set precision to one type every model can run at (all arms of one comparison run at one)")
         for ref, c in self.checked.items():
             if self.fell_back and c.engine is not self.refs[ref]:
                 c.engine.close()
@@ -313,7 +364,7 @@ class _LocalEngines:
 
             built_for = build_isa()  # which vector instructions its kernels use (PyPI's wheel: AVX2)
         return {"requested": self.cfg.engine, "name": eng.name if eng else self.name, "built_for": built_for,
-                "precision": eng.precision if eng else self.cfg.precision,
+                "precision": eng.precision if eng else self.precision,
                 "concurrency": concurrency_of(eng) if eng else None, "fell_back": self.fell_back,
                 "parity": {ref: c.parity.to_dict() for ref, c in self.checked.items() if c.parity is not None},
                 "on_parity_failure": self.cfg.on_parity_failure}
@@ -329,6 +380,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
 
         check_settings()  # a bad TUNEWISE_PROGRESS* value fails now, not after the first arm
     out = Path(cfg.output_dir)
+    precision = plan_precision(cfg)  # engine and precision fit, and every local arm runs at one: before any training
     examples, pools, skips = _prepare(cfg, out, con)
     out.mkdir(parents=True, exist_ok=True)
     metrics = list(cfg.metrics) if cfg.metrics else default_metrics(examples, cfg.checks, cfg.judge)
@@ -355,7 +407,7 @@ def run_compare(config: CompareConfig | str | Path, overrides: list[str] | None 
     for name, runner in runners.items():
         if runner.kind != "api":
             local_models.setdefault(runner.model_ref, []).append(built[name].messages)
-    engines = _LocalEngines(cfg, con)
+    engines = _LocalEngines(cfg, con, precision)
     engines.gate(local_models, examples, metrics)
     last_use = {runner.model_ref: name for name, runner in runners.items() if runner.kind != "api"}
 

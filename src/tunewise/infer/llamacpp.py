@@ -177,25 +177,38 @@ def _convert_merged(ref: str, out: Path, precision: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def gguf_precision(precision: str) -> str:
+    """``precision`` in llama.cpp's words: HF's dtype names mapped to the GGUF type of the same
+    width (fp32 -> f32, float16 -> f16, bfloat16 -> bf16); others lower-cased as they are."""
+    p = precision.lower()
+    return {"fp32": "f32", "float32": "f32", "fp16": "f16", "float16": "f16", "bfloat16": "bf16"}.get(p, p)
+
+
+def gguf_file_of(ref: str) -> Path | None:
+    """The GGUF ``ref`` runs as it is: a ``.gguf`` file, or a directory holding exactly one and no
+    HF model, adapter or run (as resolve_model reads it); None for anything tunewise converts."""
+    path = Path(str(ref)).expanduser()
+    plain_dir = path.is_dir() and not any((path / f).is_file() for f in (
+        "config.json", "adapter_config.json", "adapter/adapter_config.json", "model/config.json"))
+    ggufs = [path] if path.is_file() and path.suffix.lower() == ".gguf" else (
+        sorted(path.glob("*.gguf")) if plain_dir else [])
+    return ggufs[0] if len(ggufs) == 1 else None
+
+
 def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
     """The GGUF file that runs ``ref`` and its weight type. A ``.gguf`` runs as it is (``precision``
     must be "auto" or match it); anything else is converted once to ``precision`` (auto: f16)."""
     from tunewise.export.gguf import convert
     from tunewise.models import resolve_model
 
-    precision = {"fp32": "f32", "fp16": "f16"}.get(precision.lower(), precision.lower())  # HF's names
-    path = Path(str(ref)).expanduser()
-    # a .gguf file, or a directory holding one and no HF model, adapter or run (as resolve_model reads it)
-    plain_dir = path.is_dir() and not any((path / f).is_file() for f in (
-        "config.json", "adapter_config.json", "adapter/adapter_config.json", "model/config.json"))
-    ggufs = [path] if path.is_file() and path.suffix.lower() == ".gguf" else (
-        sorted(path.glob("*.gguf")) if plain_dir else [])
-    if len(ggufs) == 1:
-        kind = gguf_file_type(ggufs[0])
+    precision = gguf_precision(precision)
+    file = gguf_file_of(ref)
+    if file is not None:
+        kind = gguf_file_type(file)
         if precision not in ("auto", kind):
-            raise TunewiseError(f"{ggufs[0]} holds {kind} weights, not {precision}",
+            raise TunewiseError(f"{file} holds {kind} weights, not {precision}",
                                 "leave precision at auto to run the file as it is, or pass the HF model to convert")
-        return ggufs[0], kind
+        return file, kind
     if precision == "auto":
         precision = DEFAULT_GGUF_TYPE
     if precision not in GGUF_TYPES:

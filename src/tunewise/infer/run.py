@@ -53,12 +53,13 @@ class RunStats:
 
     engine: str
     precision: str
-    concurrency: int  # requests decoded together in the throughput part
+    concurrency: int  # requests decoded together in the throughput part: the slots, or fewer requests
     n: int
     sequential: list[int]  # indexes answered alone: the latency samples
     batch_n: int  # requests in the throughput part
     batch_wall_s: float  # its wall time
     batch_output_tokens: int
+    slots: int = 1  # requests the engine can decode together
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -72,7 +73,7 @@ class RunStats:
         return {"engine": self.engine, "precision": self.precision, "throughput_concurrency": self.concurrency,
                 "throughput_qph": self.queries_per_hour, "throughput_tokens_per_s": self.tokens_per_s,
                 "throughput_queries": self.batch_n, "throughput_wall_s": self.batch_wall_s,
-                "latency_samples": len(self.sequential)}
+                "throughput_slots": self.slots, "latency_samples": len(self.sequential)}
 
 
 def run_all(engine: Engine, requests: Sequence[Request], latency_samples: int = 5,
@@ -100,11 +101,12 @@ def run_all(engine: Engine, requests: Sequence[Request], latency_samples: int = 
         engine.generate(rest, on_result=done)
     wall = time.perf_counter() - start
     if rest:
-        stats = RunStats(engine.name, engine.precision, conc, n, list(range(k)), len(rest), wall,
-                         sum(c.output_tokens for c in out[k:]))
+        # fewer requests left than slots (a small eval set): only that many were ever in flight
+        stats = RunStats(engine.name, engine.precision, min(conc, len(rest)), n, list(range(k)), len(rest), wall,
+                         sum(c.output_tokens for c in out[k:]), slots=conc)
     else:  # everything ran alone: throughput at concurrency 1 from the requests' own times
         stats = RunStats(engine.name, engine.precision, 1, n, list(range(k)), n,
-                         sum(c.seconds for c in out), sum(c.output_tokens for c in out))
+                         sum(c.seconds for c in out), sum(c.output_tokens for c in out), slots=conc)
     return out, stats
 
 
