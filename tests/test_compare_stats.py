@@ -164,3 +164,38 @@ def test_the_issue_case_eight_examples_is_unresolved_not_paid_off():
     assert 8 < need < 30
     assert f"indistinguishable at n=8; about {need} examples needed" in rec["text"]
     assert rec["comparisons"]["prompt"]["status"] == "worse"
+
+
+def test_resolved_only_when_the_pick_beat_every_arm_itself(monkeypatch):
+    """Paired tests are not transitive: 'a' beat 'b' and 'b' beat 'c', yet 'a' vs 'c' may stay
+    within the noise. 'a' is the only unbeaten arm, but the comparison is not resolved, and
+    neither the report nor `advise --evidence` says it beat every other arm."""
+    import sys
+
+    from tunewise.advise import EvidenceReport, decide_from_evidence
+    from tunewise.compare.stats import Paired
+
+    def p(diff, low, high, pv):
+        return Paired(diff, low, high, pv, 30, 20, 0.3, "scripted")
+
+    table = {("a", "b"): p(0.10, 0.04, 0.16, 0.001), ("b", "c"): p(0.10, 0.03, 0.17, 0.004),
+             ("a", "c"): p(0.20, -0.02, 0.42, 0.08)}
+    rmod = sys.modules["tunewise.compare.recommend"]  # the package re-exports a function of the same name
+    monkeypatch.setattr(rmod, "compare_arms", lambda x, y: table[(x["name"], y["name"])] if (x["name"], y["name"]) in table
+                        else table[(y["name"], x["name"])].flipped())
+    arms = [arm("a", "finetuned", [0.9] * 30, 3.0), arm("b", "rag", [0.8] * 30, 2.0), arm("c", "prompt", [0.7] * 30, 1.0)]
+    rec = recommend(arms, 0.05, "USD")
+    assert rec["arm"] == "a" and rec["tied_arms"] == ["a"] and rec["unseparated_arms"] == ["c"]
+    assert not rec["resolved"] and rec["decision"] == "tie"
+    assert "beat every other arm" not in rec["text"] and "did not beat 'c' directly" in rec["text"]
+    assert rec["comparisons"]["c"]["status"] == "indistinguishable" and rec["comparisons"]["b"]["status"] == "worse"
+    assert rec["finetuning_verdict"] == "unresolved"  # 'a' did not beat 'c', an arm that needs no training
+    assert "not been shown to pay off: 'a' vs 'c'" in rec["text"]
+    ev = decide_from_evidence(EvidenceReport(arms=arms, recommendation=rec, quality_tolerance=0.05), "r.json", None)
+    assert not ev.resolved and "unresolved" in ev.statement and "beat every other arm" not in ev.statement
+    assert "'c'" in ev.statement and ev.best_kind != "finetuned"  # acts on the unseparated arm that needs no training
+    # the transitive case stays resolved
+    table[("a", "c")] = p(0.20, 0.10, 0.30, 0.0001)
+    rec = recommend(arms, 0.05, "USD")
+    assert rec["resolved"] and rec["unseparated_arms"] == [] and "It beat every other arm" in rec["text"]
+    assert rec["finetuning_verdict"] == "paid_off"

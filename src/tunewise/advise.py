@@ -194,6 +194,8 @@ def decide_from_evidence(report: EvidenceReport, path: str, latency_target_ms: i
     by = {a["name"]: a for a in arms}
     pick = by[rec["arm"]]
     tied = [by[n] for n in rec.get("tied_arms") or [pick["name"]]]
+    # arms the pick did not beat itself (paired tests are not transitive): part of the tie as advise tells it
+    tied += [by[n] for n in rec.get("unseparated_arms") or [] if n in by and by[n] not in tied]
     resolved = rec["decision"] == "clear"
     verdict = rec.get("finetuning_verdict")
     act: dict[str, Any] | None = pick

@@ -12,7 +12,9 @@
    1,000 queries; then the lower median latency; then the simpler kind,
    prompt < few_shot < rag < finetuned < api). With more than one
    left the report says it was a tie, and how many held-out examples would separate the pick from
-   each tied arm (:func:`tunewise.compare.stats.needed_for`).
+   each tied arm (:func:`tunewise.compare.stats.needed_for`). The comparison is *resolved* only
+   when the pick beat every other arm itself: paired tests are not transitive, so an arm that lost
+   to a third arm but not to the pick leaves it unresolved too (``unseparated_arms``).
 4. Fine-tuning *paid off* only when the recommended arm is a fine-tuned one and it beat every arm
    that needs no training. A fine-tuned pick tied with such an arm leaves the question
    *unresolved* (``finetuning_paid_off`` None): it was picked on cost, not shown to be better. When the pick needs no training, fine-tuning did not pay off on this eval set.
@@ -125,7 +127,7 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
         text = "No arm produced results, so there is nothing to recommend."
         return {"arm": None, "kind": None, "rule": rule, "decision": "none", "resolved": False,
                 "finetuning_paid_off": None, "finetuning_verdict": None, "statements": [text], "text": text,
-                "tied_arms": [], "comparisons": {}}
+                "tied_arms": [], "unseparated_arms": [], "comparisons": {}}
     pairs: dict[tuple[str, str], Paired | None] = {}
 
     def cmp(a: dict, b: dict) -> Paired | None:
@@ -141,7 +143,10 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
     best_q = best["quality"]
     tied = sorted([a for a in ran if not beaten_by(a)], key=lambda a: _cost_order(a, monthly))
     pick = tied[0]
-    resolved = len(tied) == 1
+    # paired tests are not transitive: an arm beaten by another may still not be beaten by the pick
+    # itself, so "resolved" means the pick beat every other arm directly
+    unseparated = [a for a in ran if a is not pick and not ((p := cmp(pick, a)) is not None and p.beats(tolerance))]
+    resolved = not unseparated
     st: list[str] = []
     lat = pick.get("latency_p50_s")
     st.append(f"Use '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f}{interval_text(pick)}, "
@@ -153,7 +158,13 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
         p = cmp(pick, runner_up)
         st.append(f"It beat every other arm; the closest, '{runner_up['name']}'"
                   + (f": {paired_text(p)}." if p else "."))
-    elif not resolved:
+    elif len(tied) == 1:  # unbeaten alone, yet not separated from every arm directly
+        names = ", ".join(f"'{a['name']}'" for a in unseparated)
+        st.append(f"Not resolved: no arm beat '{pick['name']}', but it did not beat {names} directly either "
+                  f"(each lost to another arm).")
+        for a in unseparated:
+            st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
+    else:
         names = ", ".join(f"'{a['name']}'" for a in tied[1:])
         st.append(f"Tie: '{pick['name']}' and {names} are indistinguishable on this eval set (no arm beat "
                   f"another by more than the noise and the tolerance of {tolerance:.2f}), "
@@ -161,7 +172,7 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
         for a in sorted(tied[1:], key=lambda a: -a["quality"]):
             st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
 
-    paid, verdict = _finetuning(ran, pick, tied, tolerance, currency, cmp, st)
+    paid, verdict = _finetuning(ran, pick, tied, tolerance, currency, cmp, st, unseparated)
     best_iv = best.get("quality_interval")
     if best_q <= 0.0:
         st.append(f"No arm produced a single acceptable answer ({primary_metric} 0 everywhere), so the "
@@ -187,11 +198,13 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
             "decision": "clear" if resolved else "tie", "resolved": resolved,
             "finetuning_paid_off": paid, "finetuning_verdict": verdict,
             "best_quality": best_q, "best_arm": best["name"], "tied_arms": [a["name"] for a in tied],
+            "unseparated_arms": [a["name"] for a in unseparated],
             "comparisons": comparisons, "statements": st, "text": " ".join(st)}
 
 
-def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | None, str | None]:
-    """Whether fine-tuning paid off (True / False / None when unresolved), with its statement."""
+def _finetuning(ran, pick, tied, tolerance, currency, cmp, st, unseparated=()) -> tuple[bool | None, str | None]:
+    """Whether fine-tuning paid off (True / False / None when unresolved), with its statement;
+    ``unseparated``: the arms the pick did not beat itself."""
     ft = [a for a in ran if a["kind"] == "finetuned"]
     plain = [a for a in ran if a["kind"] != "finetuned"]  # arms that need no training
     if not ft:
@@ -205,7 +218,7 @@ def _finetuning(ran, pick, tied, tolerance, currency, cmp, st) -> tuple[bool | N
             st.append(f"Fine-tuning paid off: '{pick['name']}' beat every arm that needs no training; the best of "
                       f"them, '{best_plain['name']}', by {paired_text(cmp(pick, best_plain))}.")
             return True, "paid_off"
-        rival = max([a for a in tied if a["kind"] != "finetuned"] or plain, key=lambda a: a["quality"])
+        rival = max([a for a in unseparated if a["kind"] != "finetuned"] or plain, key=lambda a: a["quality"])
         p = cmp(pick, rival)
         if p is None:
             how = "cannot be compared example by example"
