@@ -85,6 +85,18 @@ def test_other_config_problems_are_listed(files):
         load_compare_config(data=cfg_dict(files, arms=[{"type": "prompt", "name": "a"}, {"type": "few_shot", "name": "a"}]))
 
 
+def test_an_api_price_needs_its_pair(files):
+    """One config price alone would be ignored (genai-prices used instead): refused, naming both keys."""
+    with pytest.raises(TunewiseError) as e:
+        load_compare_config(data=cfg_dict(files, arms=[
+            {"type": "prompt"}, {"type": "api", "model": "gpt-4o-mini", "price_input_per_mtok_usd": 0.15}]))
+    assert "arms.1" in e.value.message or "arms[1]" in e.value.message
+    assert "price_input_per_mtok_usd is set but price_output_per_mtok_usd is not" in e.value.message
+    cfg = load_compare_config(data=cfg_dict(files, arms=[{"type": "api", "model": "gpt-4o-mini",
+                                                          "price_input_per_mtok_usd": 0.15, "price_output_per_mtok_usd": 0.6}]))
+    assert cfg.arms[0].price_output_per_mtok_usd == 0.6
+
+
 def test_missing_run_directory_fails_before_any_work(files):
     cfg = load_compare_config(data=cfg_dict(files, arms=[{"type": "prompt"}, {"type": "finetuned", "run": str(files / "runs/none")}]))
     with pytest.raises(TunewiseError) as e:

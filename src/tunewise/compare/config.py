@@ -80,6 +80,17 @@ class ApiArm(ArmBase):
     price_output_per_mtok_usd: float | None = Field(None, ge=0, description="Override: USD per 1M output tokens.")
     timeout_s: float = Field(60.0, gt=0)
 
+    @model_validator(mode="after")
+    def _both_prices_or_neither(self) -> "ApiArm":
+        # the config's prices replace genai-prices' only as a pair; one alone would be silently ignored
+        given = {k: getattr(self, k) for k in ("price_input_per_mtok_usd", "price_output_per_mtok_usd")}
+        missing = [k for k, v in given.items() if v is None]
+        if len(missing) == 1:
+            other = next(k for k in given if k not in missing)
+            raise ValueError(f"{other} is set but {missing[0]} is not: set both (USD per 1M tokens) to price "
+                             f"this arm from the config, or neither to use genai-prices")
+        return self
+
 
 Arm = Annotated[Union[PromptArm, FewShotArm, RagArm, FinetunedArm, ApiArm], Field(discriminator="type")]
 
