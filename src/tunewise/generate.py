@@ -1,7 +1,7 @@
 """One assistant turn from an already loaded HF model: the old library call
-(``generate(model, tokenizer, messages, ...) -> Generation``), kept for scripts and the README's
-Python example. `chat`, `eval` and `compare` use :mod:`tunewise.infer` engines; the loop itself
-is :func:`tunewise.infer.hf.generate_one` (the reference engine)."""
+(``generate(model, tokenizer, messages, ...) -> Generation``), kept for scripts written against
+it. `chat`, `eval`, `compare` and `serve` use :mod:`tunewise.infer` engines (as does the README's
+Python example); the loop itself is :func:`tunewise.infer.hf.generate_one` (the reference engine)."""
 
 from __future__ import annotations
 
