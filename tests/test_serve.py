@@ -262,6 +262,46 @@ def tiny_gguf(tmp_path_factory, smol_tokenizer_dir):
     return convert(build_tiny_model(d / "hf", smol_tokenizer_dir, tie=False), d / "tiny-f32.gguf", "f32")
 
 
+def test_a_tunewise_run_is_served_with_its_adapter_under_its_directory_name(tmp_path, smol_tokenizer_dir):
+    """`tunewise serve RUN`: a LoRA run (base + adapter) on llama.cpp answers as the run's HF
+    reference does (adapter unmerged), not as its base model, under the run directory's name."""
+    pytest.importorskip("xllamacpp")
+    import torch
+    from conftest import build_tiny_model
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunewise.commands.serve import default_model_name
+    from tunewise.infer import open_engine
+    from tunewise.infer.hf import HFEngine
+
+    base = build_tiny_model(tmp_path / "base", smol_tokenizer_dir, tie=False)
+    run = tmp_path / "runs" / "notices"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation, which changes nothing
+        for n, prm in model.named_parameters():
+            if "lora_B" in n:
+                prm.normal_(0, 0.5)
+    model.save_pretrained(run / "adapter")
+    (run / "adapter" / "tunewise_base.json").write_text(json.dumps({"base_model": str(base)}))
+    (run / "summary.json").write_text(json.dumps({"steps": 3, "final_loss": 1.0, "seconds": 1.0}))
+
+    q = [{"role": "user", "content": "Name three colours."}]
+    want = HFEngine(str(run), precision="fp32").generate([Request(q, max_tokens=8)])[0].text
+    base_says = HFEngine(str(base), precision="fp32").generate([Request(q, max_tokens=8)])[0].text
+    assert want != base_says  # the adapter matters
+    name = default_model_name(str(run))
+    assert name == "notices"
+    with serve(lambda: open_engine(str(run), engine="llama.cpp", precision="f32"), name=name) as srv:
+        wait_for(lambda: raw(srv, "GET", "/health")[0] == 200, 120)
+        c = client(srv)
+        assert [m.id for m in c.models.list().data] == ["notices"]
+        r = c.chat.completions.create(model="notices", messages=q, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content == want
+
+
 def test_llamacpp_over_long_prompt_is_400_context_length_exceeded(tiny_gguf):
     from tunewise.infer.llamacpp import LlamaCppEngine
 
@@ -642,3 +682,19 @@ def test_e2e_embedded_model_served_through_open_engine(embedded_model, engine):
         text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
             model=embedded_model, messages=q, max_tokens=16, temperature=0, stream=True))
         assert text == a.choices[0].message.content
+
+
+@pytest.mark.e2e
+def test_e2e_identity_run_served_by_its_name_answers_with_its_new_identity(embedded_model, identity_run):
+    """The run the e2e tests train, served as `tunewise serve RUN` serves it (default engine, its
+    directory name): it answers with the name it was taught and ends its turn by itself."""
+    from tunewise.commands.serve import default_model_name
+    from tunewise.infer import open_engine
+
+    ref = str(identity_run.output_dir)
+    name = default_model_name(ref)
+    with serve(lambda: open_engine(ref), name=name, limits=Limits(max_tokens_limit=128)) as srv:
+        wait_for(lambda: raw(srv, "GET", "/health")[0] == 200, 600)
+        r = client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "Who are you?"}],
+                                                max_tokens=128, temperature=0)
+    assert "Zephyrine" in r.choices[0].message.content and r.choices[0].finish_reason == "stop", r
