@@ -3,6 +3,8 @@ open_engine and the parity gate."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tunewise.errors import TunewiseError
@@ -52,6 +54,10 @@ def test_hf_engine_stop_string_cuts_and_stream_never_shows_it(hf_engine):
     pieces = list(hf_engine.stream(Request(MSG, max_tokens=16, stop=(stop,))))
     assert isinstance(pieces[-1], Completion) and all(isinstance(p, str) for p in pieces[:-1])
     assert "".join(pieces[:-1]).strip() == cut.text and stop not in "".join(pieces[:-1])
+    gen = hf_engine.stream(Request(MSG, max_tokens=200))  # a reader that stops early
+    next(gen)
+    gen.close()  # returns once generation has stopped, not at the next token
+    assert not [t for t in threading.enumerate() if t.name == "tunewise-hf-stream"]
 
 
 def test_hf_engine_seed_repeats_sampling(hf_engine):
@@ -156,6 +162,9 @@ def test_llamacpp_stop_string_seed_and_stream(cpp_engine):
     gen = cpp_engine.stream(Request(MSG, max_tokens=200))
     assert isinstance(next(gen), str)
     gen.close()
+    # ... and close() returns only once the request has ended in the server (the serve slot it
+    # held is then truly free)
+    assert not [t for t in threading.enumerate() if t.name == "tunewise-llama.cpp-stream"]
     assert cpp_engine.generate([Request(MSG, max_tokens=16)])[0].text == full.text
 
 

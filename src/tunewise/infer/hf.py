@@ -199,7 +199,7 @@ class HFEngine:
             finally:
                 pieces.put(None)
 
-        thread = threading.Thread(target=work, daemon=True)
+        thread = threading.Thread(target=work, daemon=True, name=f"tunewise-{self.name}-stream")
         thread.start()
         trim, started = StopTrimmer(request.stop), False
         try:
@@ -211,7 +211,7 @@ class HFEngine:
                     yield out
         finally:
             cancel.set()
-        thread.join()
+            thread.join()  # also when the consumer stopped early: generation has ended when close() returns
         if "e" in result:
             raise result["e"]
         if tail := trim.flush().rstrip():

@@ -388,7 +388,7 @@ class LlamaCppEngine:
                 chunks.put(None)
 
         start = time.perf_counter()
-        thread = threading.Thread(target=work, daemon=True)
+        thread = threading.Thread(target=work, daemon=True, name=f"tunewise-{self.name}-stream")
         thread.start()
         text, reason, usage, timings, ttft, started = [], None, {}, {}, None, False
         try:
@@ -414,7 +414,9 @@ class LlamaCppEngine:
                         yield piece
         finally:
             cancel.set()
-        thread.join()
+            # also when the consumer stopped early: the server ends the request at its next piece, so
+            # when close() returns the slot is free (a server's slot count then matches llama.cpp's)
+            thread.join()
         yield self._completion("".join(text), reason, usage, timings, time.perf_counter() - start, ttft)
 
     def _http(self, path: str, body: dict | None = None) -> dict:
