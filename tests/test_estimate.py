@@ -421,3 +421,27 @@ def test_small_models_get_a_warning_about_gpu_hours():
     small = [n for n in estimate("smollm2-135m").notes if "too small to keep a GPU busy" in n]
     assert len(small) == 1 and "0.13B" in small[0] and "18,000 tokens/s" in small[0]
     assert not any("too small" in n for n in estimate("7b").notes)
+
+
+def test_cli_estimate_of_a_run_config_counts_its_data_and_epochs(tmp_path, tiny_model_dir):
+    """`estimate RUN.yaml` times the run the config describes: its datasets' rows less the
+    validation split, its num_epochs (capped by max_steps); flags still win."""
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(50)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = {"base_model": str(tiny_model_dir), "datasets": [{"path": str(data)}], "val_set_size": 0.1,
+           "num_epochs": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 2}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run))
+    d = json.loads(runner.invoke(app, ["estimate", str(cfg), "--json"]).output)
+    assert d["examples"] == 45 and d["epochs"] == 2 and d["training_tokens"] == 45 * 512 * 2
+    assert any("45 training examples" in n and "validation split (5)" in n for n in d["notes"])
+    d = json.loads(runner.invoke(app, ["estimate", str(cfg), "--json", "--examples", "7", "--epochs", "1"]).output)
+    assert d["training_tokens"] == 7 * 512 and not any("training examples" in n for n in d["notes"])
+    cfg.write_text(yaml.safe_dump({**run, "max_steps": 9}))  # 9 steps x 4 rows = 36 rows of 45: 0.8 epochs
+    d = json.loads(runner.invoke(app, ["estimate", str(cfg), "--json"]).output)
+    assert d["epochs"] == pytest.approx(0.8) and any("max_steps 9" in n for n in d["notes"])
+    cfg.write_text(yaml.safe_dump({**run, "datasets": [{"path": str(tmp_path / "gone.jsonl")}]}))
+    r = runner.invoke(app, ["estimate", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "10,000 × 512 × 2" in r.output and "could not be counted" in " ".join(r.output.split())

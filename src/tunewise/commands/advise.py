@@ -259,10 +259,12 @@ def estimate_cmd(
                                                   help="Tokens of the longest example (`tunewise data check` shows it); "
                                                        "default: the sequence length."),
     pure_bf16: bool = typer.Option(False, "--pure-bf16", help="Full fine-tuning with bf16 weights and optimizer states."),
-    examples: int = typer.Option(10_000, "--examples", min=1, help="Training examples."),
+    examples: Optional[int] = typer.Option(None, "--examples", min=1, help="Training examples (default 10,000, or "
+                                           "the rows of the run config's datasets)."),
     tokens_per_example: int = typer.Option(512, "--tokens-per-example", min=1, help="Average tokens per example "
                                            "(also the span attention covers)."),
-    epochs: float = typer.Option(3.0, "--epochs", min=0.01, help="Epochs."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", min=0.01, help="Epochs (default 3, or the run config's "
+                                           "num_epochs, capped by its max_steps)."),
     utilisation: float = typer.Option(0.35, "--utilisation", help="Assumed fraction of GPU peak FLOPS achieved."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only show this GPU."),
     gpus_file: Optional[Path] = typer.Option(None, "--gpus", help="YAML overriding the GPU table."),
@@ -290,6 +292,7 @@ def estimate_cmd(
         "full_weight_dtype": "bf16" if pure_bf16 else None,
     }
     setup = setup_from(model, **flags)
+    examples, epochs, plan_notes = training_plan(model, examples, epochs)
     gpus = load_gpus(gpus_file)
     if gpu is not None:
         key = find_gpu(gpu, gpus)
@@ -303,6 +306,8 @@ def estimate_cmd(
     if as_json:
         d = est.as_dict()
         d["currency"], d["rate_per_usd"] = cur, rate
+        d["examples"], d["tokens_per_example"], d["epochs"] = examples, tokens_per_example, epochs
+        d["notes"] = plan_notes + d["notes"]
         if here:
             d["this_machine"] = {c.method: c.as_dict() for c in here}
         print(json.dumps(d, indent=2, default=str))
@@ -310,7 +315,7 @@ def estimate_cmd(
     from tunewise.formatting import money
 
     console.print(f"[bold]{est.model}[/]: {est.parameters / 1e9:.2f}B parameters; "
-                  f"{est.training_tokens / 1e6:.1f}M training tokens ({examples:,} × {tokens_per_example} × {epochs:g}); "
+                  f"{est.training_tokens / 1e6:.1f}M training tokens ({examples:,} × {tokens_per_example} × {epochs:.3g}); "
                   f"{setup.describe()}", highlight=False)
     mem = Table(title="Peak training memory (GB)")
     for col in ("method", "weights", "adapters", "gradients", "optimizer", "activations", "logits", "overhead", "total"):
@@ -349,8 +354,50 @@ def estimate_cmd(
             if c.memory_examples_fit is not None:
                 console.print(f"[dim]{c.method}: {c.memory_examples_fit / GB:.1f} GB if no example is longer than "
                               f"micro_batch_tokens ({setup.micro_batch_tokens}).[/]", highlight=False)
-    for n in est.notes:
+    for n in plan_notes + est.notes:
         console.print(f"[dim]{n}[/]", highlight=False)
+
+
+def training_plan(model: str, examples: int | None, epochs: float | None) -> tuple[int, float, list[str]]:
+    """How many examples and epochs to estimate: the flags; else, for a run config, its datasets'
+    rows (less the validation split) and its num_epochs (capped by max_steps); else 10,000 and 3.
+    The notes say where each figure came from when it is not the flag's."""
+    from tunewise.config import RunConfig, load_config
+    from tunewise.errors import TunewiseError
+
+    p = Path(model).expanduser()
+    if not (p.is_file() and p.suffix.lower() in (".yaml", ".yml")):
+        return examples or 10_000, epochs or 3.0, []
+    cfg = load_config(p, schema=RunConfig)
+    notes: list[str] = []
+    if examples is None:
+        from tunewise.data.formats import iter_rows
+
+        try:
+            rows = sum(sum(1 for _ in iter_rows(d.path, d.mapping or None)) for d in cfg.datasets)
+        except TunewiseError as e:
+            rows = 0
+            notes.append(f"the run config's data could not be counted ({e.message}): 10,000 examples assumed; "
+                         "pass --examples")
+        if rows:
+            held = 0 if cfg.test_datasets else round(rows * cfg.val_set_size)  # val_set_size is a fraction
+            examples = max(1, rows - held)
+            notes.append(f"{examples:,} training examples: the rows of the run config's datasets"
+                         + (f", less its validation split ({held:,})" if held else ""))
+        else:
+            if not cfg.datasets:
+                notes.append("the run config names no datasets: 10,000 examples assumed; pass --examples")
+            examples = 10_000
+    if epochs is None:
+        epochs = cfg.num_epochs
+        if cfg.max_steps:
+            per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+            capped = cfg.max_steps * per_step / examples
+            if capped < epochs:
+                notes.append(f"max_steps {cfg.max_steps} × {per_step} rows a step ends the run after ≈{capped:.2g} "
+                             f"of its {cfg.num_epochs:g} epochs (rows counted as examples; packing puts more in a row)")
+                epochs = capped
+    return examples, epochs, notes
 
 
 def register(app: typer.Typer) -> None:
