@@ -140,6 +140,19 @@ def test_inr_uses_the_rate():
     assert inr["options"][1]["monthly_running"] == pytest.approx(80 * usd["options"][1]["monthly_running"])
 
 
+def test_inr_report_writes_every_amount_in_rupees(tmp_path):
+    """Notes, rule checks and assumptions of an INR report are in ₹ too, converted at its rate."""
+    r = runner.invoke(app, ["cost", "--queries", "1000000", "--currency", "INR", "--inr-rate", "80", "--no-chart"])
+    assert r.exit_code == 0, r.output
+    assert "$" not in r.output and "₹" in r.output
+    comp = compare_costs(CostAssumptions(queries_per_month=1_000_000, currency="INR", inr_per_usd=80))
+    local = next(o for o in comp.options if o.key == "finetune_local")
+    assert f"at ₹{local.gpu_usd_per_month * 80:,.0f}/month" in " ".join(local.notes)
+    assert all("$" not in r.evidence and "₹" in r.evidence for r in comp.rules)
+    usd = compare_costs(CostAssumptions(queries_per_month=1_000_000))
+    assert all("$" in r.evidence for r in usd.rules)
+
+
 def test_chart_is_a_png(tmp_path):
     comp = compare_costs(CostAssumptions(queries_per_month=300_000))
     p = plot_costs(comp, tmp_path / "c.png")

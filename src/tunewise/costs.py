@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
 from tunewise.config import Strict
 from tunewise.errors import TunewiseError
-from tunewise.formatting import short
+from tunewise.formatting import money, short
 from tunewise.tables import check_currency, find_gpu, gpu_table_source, load_fx, load_gpus, load_table, usd_rate
 
 OPTION_LABELS = {
@@ -449,8 +449,14 @@ def _training_cost_usd(a: CostAssumptions, gpus: dict[str, Any]) -> tuple[float,
     return hours * g["usd_per_hour"] * gpus_n, f"LoRA training ≈ {hours:.2f} h on {gpus_n}× {g['name']}"
 
 
-def cost_options(a: CostAssumptions, gpus: dict[str, Any] | None = None) -> list[CostOption]:
-    """Every option with its setup, per-query and fixed monthly cost (USD) under ``a``."""
+def _usd(amount: float) -> str:
+    return money(amount, "USD")
+
+
+def cost_options(a: CostAssumptions, gpus: dict[str, Any] | None = None,
+                 fmt: Callable[[float], str] = _usd) -> list[CostOption]:
+    """Every option with its setup, per-query and fixed monthly cost (USD) under ``a``; ``fmt``
+    writes a USD amount in the notes (in the report's currency)."""
     gpus = gpus if gpus is not None else load_gpus()
     eng = a.engineering_usd_per_hour
     emb = api_price(a.embedding_model, a.prompt_tokens, 0, a.embedding_provider).usd_per_query if a.retrieved_context_tokens else 0.0
@@ -485,7 +491,7 @@ def cost_options(a: CostAssumptions, gpus: dict[str, Any] | None = None) -> list
             key, OPTION_LABELS[key], setup_hours * eng + (train_usd if key == "finetune_local" else 0.0),
             gpu_month / capacity + per_query_extra, extra_fixed, f"{lg['name']} ({lg['vram_gb']:g} GB)",
             [f"{a.model_size_b:g}B model, {tps:.0f} tokens/s per GPU at {a.local_utilisation:.0%} utilisation; "
-             f"one GPU serves {capacity:,.0f} queries/month at ${gpu_month:,.0f}/month"]
+             f"one GPU serves {capacity:,.0f} queries/month at {fmt(gpu_month)}/month"]
             + ([train_note] if key == "finetune_local" else []),
             capacity_queries_per_gpu_month=capacity, gpu_usd_per_month=gpu_month, min_gpus=a.local_min_gpus,
         )
@@ -514,7 +520,7 @@ def cost_options(a: CostAssumptions, gpus: dict[str, Any] | None = None) -> list
     opts.append(CostOption(
         "openai_finetune", OPTION_LABELS["openai_finetune"], a.finetune_setup_hours * 0.5 * eng + openai_train,
         ft.usd_per_query, 0.0, "none",
-        [f"training {train_tokens / 1e6:.1f}M tokens x ${train_price}/M ({ft_table['date']}, {ft_table['source']})",
+        [f"training {train_tokens / 1e6:.1f}M tokens x {fmt(train_price)}/M ({ft_table['date']}, {ft_table['source']})",
          f"{ft.model} @ openai: {a.prompt_tokens} in / {a.output_tokens} out tokens; half the setup hours (no serving)"],
     ))
     return opts
@@ -617,8 +623,8 @@ def break_evens(options: list[CostOption], am: float, pairs: list[tuple[str, str
     return out
 
 
-def check_rules_of_thumb(options: list[CostOption], am: float) -> list[RuleCheck]:
-    """The guide's two rules, tested against this model's own numbers."""
+def check_rules_of_thumb(options: list[CostOption], am: float, fmt: Callable[[float], str] = _usd) -> list[RuleCheck]:
+    """The guide's two rules, tested against this model's own numbers (``fmt`` writes a USD amount)."""
     by = {o.key: o for o in options}
     rag = [by["rag_cheap_api"], by["rag_frontier_api"]]
     ft = [by["finetune_local"], by["finetune_hosted"], by["openai_finetune"]]
@@ -634,8 +640,8 @@ def check_rules_of_thumb(options: list[CostOption], am: float) -> list[RuleCheck
     out.append(RuleCheck(
         "Under 100K queries/month, RAG is almost always cheaper than fine-tuning",
         "reproduced" if all_below else "refuted",
-        f"at 100K/month: cheapest RAG ({cheapest_rag.label}) ${r:,.0f}/month vs cheapest fine-tune "
-        f"({cheapest_ft.label}) ${f:,.0f}/month (setup spread over {am:g} months); checked at 10K, 30K, 100K",
+        f"at 100K/month: cheapest RAG ({cheapest_rag.label}) {fmt(r)}/month vs cheapest fine-tune "
+        f"({cheapest_ft.label}) {fmt(f)}/month (setup spread over {am:g} months); checked at 10K, 30K, 100K",
     ))
     q = 1_000_000
     local = by["finetune_local"].total_monthly_usd(q, am)
@@ -645,7 +651,7 @@ def check_rules_of_thumb(options: list[CostOption], am: float) -> list[RuleCheck
     out.append(RuleCheck(
         "Over 1M queries/month, fine-tune + local inference is competitive",
         "reproduced" if competitive else "refuted",
-        f"at 1M/month: fine-tune + local ${local:,.0f}/month vs cheapest RAG ({cheapest_rag.label}) ${r:,.0f}/month "
+        f"at 1M/month: fine-tune + local {fmt(local)}/month vs cheapest RAG ({cheapest_rag.label}) {fmt(r)}/month "
         f"(competitive = within 10%)",
     ))
     return out
@@ -662,7 +668,10 @@ def compare_costs(
     fx = fx or load_fx()
     currency = check_currency(a.currency)
     rate = usd_rate(currency, a.inr_per_usd, fx)
-    options = cost_options(a, gpus)
+    def fmt(usd: float) -> str:  # a USD amount in the report's currency
+        return money(usd * rate, currency)
+
+    options = cost_options(a, gpus, fmt)
     am = a.amortise_months
     date, src = gpu_table_source()
     sources = {
@@ -671,7 +680,7 @@ def compare_costs(
         "fx": "amounts in USD" if currency == "USD" else f"{rate:g} INR per USD"
         + ("" if a.inr_per_usd else f" ({fx['date']}, {fx['source']})"),
     }
-    return CostComparison(a, options, break_evens(options, am), check_rules_of_thumb(options, am), rate, currency, sources)
+    return CostComparison(a, options, break_evens(options, am), check_rules_of_thumb(options, am, fmt), rate, currency, sources)
 
 
 def volume_axes(ax, queries: float, label: str, ylabel: str) -> None:

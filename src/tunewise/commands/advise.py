@@ -230,7 +230,7 @@ def _print_costs(comp, show_all: bool, guide: tuple[str, ...]) -> None:
                   f"{a.prompt_tokens} prompt + {a.retrieved_context_tokens} retrieved tokens in, {a.output_tokens} out; "
                   f"local GPU {a.local_gpu} at {a.local_utilisation:.0%}; {a.model_size_b:g}B open model; "
                   f"setup {a.rag_setup_hours:g} h (RAG) / {a.finetune_setup_hours:g} h (fine-tune) × "
-                  f"${a.engineering_usd_per_hour:g}/h; {a.train_examples:,} examples × {a.tokens_per_example} tokens × "
+                  f"{money(a.engineering_usd_per_hour * comp.rate, comp.currency)}/h; {a.train_examples:,} examples × {a.tokens_per_example} tokens × "
                   f"{a.epochs:g} epochs.[/]", highlight=False)
     for k, v in comp.sources.items():
         console.print(f"[dim]{k}: {v}[/]", highlight=False)
