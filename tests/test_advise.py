@@ -330,3 +330,23 @@ def test_compare_prices_api_arms_through_costs():
     usd, basis = api_cost_per_1k_usd("gpt-4o-mini", None, 1.0, 0.2)
     assert usd == pytest.approx(api_price("gpt-4o-mini", 1000, 200).usd_per_query) and usd > 0
     assert basis.startswith("genai-prices")
+
+
+def test_cli_headline_says_when_the_evidence_was_a_tie(tmp_path):
+    """The headline names an unresolved comparison as such, not plainly "measured evidence"."""
+    tie = _report(tmp_path, [
+        {"name": "ft", "kind": "finetuned", "scores": [0.8, 0.9, 0.7, 0.8, 0.8], "cost_per_1k_queries_usd": 0.9},
+        {"name": "rag", "kind": "rag", "scores": [0.8, 0.8, 0.7, 0.8, 0.85], "cost_per_1k_queries_usd": 0.3},
+    ])
+    args = ["advise", "--goal", "style", "--examples", "900", "--queries", "2000000", "--evidence", str(tie)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "(decided by measured evidence, unresolved: the cheapest of arms that tie)" in " ".join(r.output.split())
+    (tmp_path / "clear").mkdir()
+    clear = _report(tmp_path / "clear", [
+        {"name": "rag", "kind": "rag", "scores": [0.6, 0.4] * 15, "cost_per_1k_queries_usd": 0.45},
+        {"name": "ft", "kind": "finetuned", "scores": [0.9, 0.8] * 15, "cost_per_1k_queries_usd": 0.30},
+    ])
+    r = runner.invoke(app, args[:-1] + [str(clear)])
+    assert r.exit_code == 0, r.output
+    assert "(decided by measured evidence)" in r.output

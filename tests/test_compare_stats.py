@@ -139,6 +139,9 @@ def test_a_tie_within_noise_goes_to_the_cheaper_arm_and_says_so():
     rec = recommend([arm("few_shot", "few_shot", few, 2.0), arm("ft", "finetuned", ft, 3.0)], 0.02, "USD")
     assert rec["arm"] == "few_shot" and rec["decision"] == "tie" and not rec["resolved"]
     assert rec["statements"][1].startswith("Tie: 'few_shot' and 'ft' are indistinguishable")
+    third = arm("rag", "rag", few, 2.5)
+    rec = recommend([arm("few_shot", "few_shot", few, 2.0), arm("ft", "finetuned", ft, 3.0), third], 0.02, "USD")
+    assert rec["statements"][1].startswith("Tie: 'few_shot', 'rag' and 'ft' are indistinguishable")
     assert "indistinguishable at n=12; about" in rec["text"] and rec["comparisons"]["ft"]["examples_needed"] > 12
     assert rec["finetuning_paid_off"] is False and "ties with 'few_shot'" in rec["text"]
 

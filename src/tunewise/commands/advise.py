@@ -114,7 +114,9 @@ def _print_advice(result) -> None:
     from tunewise.formatting import money
 
     cur = result.currency
-    by = "measured evidence" if result.evidence and result.evidence.option else "the guide's criteria"
+    ev = result.evidence
+    by = ("the guide's criteria" if not (ev and ev.option) else "measured evidence" if ev.resolved else
+          "measured evidence, unresolved: the cheapest of arms that tie")
     console.print(f"\n[bold green]Recommendation: {result.label}[/] [dim](decided by {by})[/]")
     table = Table(title=f"Options ranked (costs at {result.answers.queries_per_month:,} queries/month, {cur})")
     for col in ("#", "option", "score", "setup", "per month", "per query", "priced as"):

@@ -165,8 +165,9 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
         for a in unseparated:
             st.append(tie_text(a["name"], pick["name"], cmp(a, pick), tolerance))
     else:
-        names = ", ".join(f"'{a['name']}'" for a in tied[1:])
-        st.append(f"Tie: '{pick['name']}' and {names} are indistinguishable on this eval set (no arm beat "
+        quoted = [f"'{a['name']}'" for a in tied]
+        names = ", ".join(quoted[:-1]) + " and " + quoted[-1]  # 'a' and 'b'; 'a', 'b' and 'c'
+        st.append(f"Tie: {names} are indistinguishable on this eval set (no arm beat "
                   f"another by more than the noise and the tolerance of {tolerance:.2f}), "
                   + _tie_break_text(pick, tied, monthly, currency))
         for a in sorted(tied[1:], key=lambda a: -a["quality"]):
