@@ -287,7 +287,8 @@ def test_compare_trains_the_finetuned_arm_itself(tiny_model_dir, files, capsys):
     path.write_text(yaml.safe_dump(cfg))
     code, out, err = run_cli(["compare", str(path), "--json"], capsys)
     assert code == 0, err
-    data = json.loads(out)
+    data = json.loads(out)  # stdout holds the JSON alone; what compare says goes to stderr
+    assert "answering" in err and "training" in err
     ft = [a for a in data["arms"] if a["name"] == "ft"][0]
     assert ft["training"]["steps"] == 2 and Path(ft["training"]["run_dir"]).name == "train-ft"
     assert ft["training"]["seconds"] > 0

@@ -249,6 +249,11 @@ def test_cli_eval_json_and_config(tiny_model_dir, eval_file, tmp_path, capsys, m
     assert set(summary["metrics"]) >= {"rouge_l", "checks"} and "loss" not in summary["metrics"]
     assert summary["check_rates"]["contains 'Paris'"] >= 0.0
     assert (tmp_path / "eval-outputs.jsonl").is_file()
+    assert "generating (hf" in err  # progress on stderr, stdout kept for the JSON
+    code, out, err = run_cli(["eval", "--model", str(tiny_model_dir), "--data", str(eval_file), "--config", str(cfg),
+                              "--metrics", "rouge_l", "--engine", "hf"], capsys)
+    assert code in (0, None), err
+    assert "replaced the earlier file there" in " ".join(out.split())
 
 
 def test_cli_eval_bad_input_is_one_clear_line(tmp_path, capsys):

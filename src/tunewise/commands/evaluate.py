@@ -42,10 +42,11 @@ def eval_cmd(
         raise TunewiseError("no eval data given", "pass --data EVAL_FILE or set eval_file in --config")
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.metrics
     out = outputs or Path("eval-outputs.jsonl")
+    replaced = out.is_file()  # an earlier run's outputs: said, not silently lost
     rep = evaluate(model, data_path, metrics=chosen, checks=cfg.checks, judge=cfg.judge,
                    system_prompt=cfg.system_prompt, max_new_tokens=max_new_tokens or cfg.max_new_tokens,
                    sequence_len=cfg.sequence_len, limit=limit or cfg.limit, outputs_path=out,
-                   data_format=cfg.eval_format, mapping=cfg.mapping, progress=not as_json,
+                   data_format=cfg.eval_format, mapping=cfg.mapping, progress=True,  # on stderr: --json's stdout stays JSON
                    engine=engine or cfg.engine, precision=precision or cfg.precision, n_parallel=cfg.n_parallel,
                    latency_samples=cfg.latency_samples, parity_prompts=cfg.parity_prompts,
                    on_parity_failure=cfg.on_parity_failure)
@@ -72,7 +73,9 @@ def eval_cmd(
     for n in rep.notes:
         loud = "PARITY FAILED" in n
         console.print(f"[{'bold red' if loud else 'yellow'}]note:[/] {n}", highlight=False, soft_wrap=True)
-    console.print(f"Per-example outputs: {rep.outputs_path}", highlight=False, soft_wrap=True)
+    console.print(f"Per-example outputs: {rep.outputs_path}"
+                  + (" (replaced the earlier file there; --outputs names another)" if replaced else ""),
+                  highlight=False, soft_wrap=True)
 
 
 def compare_cmd(
@@ -86,7 +89,7 @@ def compare_cmd(
     """
     from tunewise.compare import run_compare
 
-    res = run_compare(config, set_, quiet=as_json)
+    res = run_compare(config, set_)  # its console and progress are on stderr: --json's stdout stays JSON
     if as_json:
         r = res.report
         print(json.dumps({"arms": r["arms"], "recommendation": r["recommendation"],

@@ -167,9 +167,12 @@ def _convert_merged(ref: str, out: Path, precision: str) -> None:
     import shutil
     import tempfile
 
+    from transformers.utils import logging as hf_logging
+
     from tunewise.export import write_merged
     from tunewise.export.gguf import convert
 
+    hf_logging.disable_progress_bar()  # loading/writing bars would flood eval's, compare's and serve's logs
     scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
     try:
         convert(write_merged(ref, scratch / "merged", "f32"), out, precision)
