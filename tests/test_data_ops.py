@@ -102,6 +102,19 @@ def test_split_is_deterministic_and_keeps_duplicates_together(shared_data, tmp_p
     assert not any(e in train for e in evals)  # no exact copy straddles the split
 
 
+def test_split_refuses_an_eval_size_it_would_have_to_guess(shared_data, tmp_path):
+    """--eval is a share below 1 or a whole number of rows; 1.5 is neither (was quietly 1 row)."""
+    src = shared_data / "alpaca_en_demo.json"
+    for bad, needle in ((1.5, "--eval 1.5 is neither a share below 1 nor a whole number of rows"),
+                        (0.0, "--eval must be positive")):
+        with pytest.raises(TunewiseError) as e:
+            split_file(src, eval=bad, out_dir=tmp_path)
+        assert needle in e.value.message
+    assert "--eval 0.015 for 1.5%" in str(pytest.raises(TunewiseError, split_file, src, eval=1.5, out_dir=tmp_path).value.hint)
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert split_file(src, eval=3.0, out_dir=tmp_path).eval_rows == 3  # a whole number given as 3.0 is 3 rows
+
+
 def test_split_near_duplicates_never_straddle(tmp_path):
     import random
 

@@ -260,8 +260,11 @@ def split_cmd(
     if as_json:
         print(json.dumps(res.to_dict(), indent=2))
         return
-    console.print(f"[green]✓[/] {res.train_rows:,} rows → [bold]{res.train_path}[/]\n"
-                  f"[green]✓[/] {res.eval_rows:,} rows → [bold]{res.eval_path}[/]\n"
+    def rows(n: int) -> str:
+        return f"{n:,} row{'' if n == 1 else 's'}"
+
+    console.print(f"[green]✓[/] {rows(res.train_rows)} → [bold]{res.train_path}[/]\n"
+                  f"[green]✓[/] {rows(res.eval_rows)} → [bold]{res.eval_path}[/]\n"
                   f"{res.duplicate_groups:,} duplicate group(s) kept on one side", highlight=False, soft_wrap=True)
 
 

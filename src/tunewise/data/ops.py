@@ -48,10 +48,13 @@ def split_file(inp: str | Path, eval: float = 0.1, seed: int = 0, out_dir: str |
     1 or more a row count. Deterministic for a given file and seed; exact and near duplicates are
     grouped first and a group always lands on one side, so the eval set never leaks into training."""
     inp = Path(inp)
+    if eval <= 0:
+        raise TunewiseError(f"--eval must be positive, got {eval:g}", "e.g. --eval 0.1 (10%) or --eval 100 (rows)")
+    if eval >= 1 and eval != int(eval):
+        raise TunewiseError(f"--eval {eval:g} is neither a share below 1 nor a whole number of rows",
+                            f"e.g. --eval {eval / 100:g} for {eval:g}%, or --eval {int(eval)} for that many rows")
     parsed = read_valid(inp, format, mapping, keep_raw=True)
     n = len(parsed)
-    if eval <= 0:
-        raise TunewiseError(f"--eval must be positive, got {eval}", "e.g. --eval 0.1 (10%) or --eval 100 (rows)")
     target = int(eval) if eval >= 1 else max(1, round(eval * n))
     if target >= n:
         raise TunewiseError(f"cannot put {target} of {n} rows in the eval set", "use a smaller --eval")
