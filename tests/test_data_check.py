@@ -131,6 +131,7 @@ def test_check_json_cli(shared_data, smol_tokenizer_dir, capsys):
     assert code == 1  # placeholders
     assert data["format"] == "messages" and data["rows"] == 500
     assert data["issue_counts"]["error:placeholder"] == 50
+    assert data["error_examples"] == 50 and "_error_orders" not in data  # 50 of the 500 rows cannot train as they are
     assert data["openai"]["epochs"] == 3 and data["goal_assessment"]["verdict"] == "within"
 
 

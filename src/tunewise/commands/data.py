@@ -106,7 +106,9 @@ def print_report(report, show: int = 10) -> None:
     if report.eval_size and report.eval_size["small"]:  # the caveat leads
         console.print(f"[bold yellow]Caveat:[/] {report.eval_size['message']}", highlight=False, soft_wrap=True)
     console.print(f"[bold]{report.file}[/] · format [cyan]{report.format or '?'}[/] · {report.rows:,} row{'s' if report.rows != 1 else ''}, "
-                  f"{report.examples:,} usable · tokens by [cyan]{report.model}[/] · sequence_len {report.sequence_len}",
+                  f"{report.examples:,} parsed"
+                  + (f", {report.error_examples:,} with errors" if report.error_examples else "")
+                  + f" · tokens by [cyan]{report.model}[/] · sequence_len {report.sequence_len}",
                   highlight=False, soft_wrap=True)
     for level, colour in (("error", "red"), ("warning", "yellow")):
         codes = [k.split(":", 1)[1] for k in report.issue_counts if k.startswith(level + ":")]

@@ -134,6 +134,8 @@ class CheckReport:
     eval_examples: int | None = None  # usable eval examples (with --eval)
     eval_size: dict[str, Any] | None = None  # is the eval set large enough? (tunewise.compare.stats.eval_size_check)
     seconds: float = 0.0
+    error_examples: int = 0  # training rows with at least one error (bad or not trainable as they are)
+    _error_orders: set = field(default_factory=set, repr=False)
 
     @property
     def n_errors(self) -> int:
@@ -149,6 +151,9 @@ class CheckReport:
 
     def add(self, level: str, code: str, source: str, message: str, order: int = 1 << 62) -> None:
         key = f"{level}:{code}"
+        if level == "error" and order < 1 << 40 and order not in self._error_orders:  # a training row's
+            self._error_orders.add(order)
+            self.error_examples = len(self._error_orders)
         n = self.issue_counts.get(key, 0)
         self.issue_counts[key] = n + 1
         if n < MAX_ISSUES_PER_CODE:
@@ -156,6 +161,7 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("_error_orders", None)
         d["ok"] = self.ok
         d["n_errors"] = self.n_errors
         d["n_warnings"] = self.n_warnings
