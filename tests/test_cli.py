@@ -36,6 +36,21 @@ def test_every_command_has_help_with_example():
         assert cmd.help and "Example:" in cmd.help and "tunewise" in cmd.help, f"{' '.join(path)} lacks an example"
 
 
+def test_groups_have_examples_and_every_summary_is_one_line():
+    """`tunewise --help` and each group's help show an example too; a command's summary (its first
+    paragraph, what the group's list shows) is one sentence, not lines broken mid-sentence."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    groups = [root] + [c for c in root.commands.values() if hasattr(c, "commands")]
+    assert len(groups) >= 4  # tunewise, config, data, rag
+    for g in groups:
+        assert g.help and "Example:" in g.help and "tunewise" in g.help, f"{g.name} lacks an example"
+    for path, cmd in _leaf_commands(app):
+        first = cmd.help.strip().split("\n\n")[0]
+        assert "\n" not in first, f"{' '.join(path)}: summary broken over lines: {first!r}"
+
+
 def test_help_runs(capsys):
     code, out = run_cli(capsys, "--help")
     assert code == 0 and "chat" in out and "models" in out

@@ -18,7 +18,9 @@ from tunewise.errors import TunewiseError
 
 app = typer.Typer(
     name="tunewise",
-    help="Should you fine-tune an LLM for this? Measure prompting, RAG and fine-tuning on your data.",
+    help="Should you fine-tune an LLM for this? Measure prompting, RAG and fine-tuning on your data.\n\n"
+         "Example: [bold]tunewise demo[/] (the main job, offline, on the embedded model), then "
+         "[bold]tunewise advise[/] and [bold]tunewise compare compare.yaml[/] on your own data.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

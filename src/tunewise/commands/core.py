@@ -11,7 +11,8 @@ from rich.table import Table
 
 console = Console()
 
-config_app = typer.Typer(help="Validate and inspect run configs.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate and inspect run configs.\n\nExample: [bold]tunewise config validate "
+                         "examples/lora-smollm2.yaml[/]", no_args_is_help=True)
 
 
 def _human_bytes(n: int | None) -> str:

@@ -14,7 +14,9 @@ from rich.text import Text
 console = Console()
 err_console = Console(stderr=True)
 
-data_app = typer.Typer(help="Check, show, convert, split, dedupe and fill dataset files.", no_args_is_help=True)
+data_app = typer.Typer(help="Check, show, convert, split, dedupe and fill dataset files; synthesise pairs from "
+                       "documents and review them.\n\nExample: [bold]tunewise data check train.jsonl --goal task[/]",
+                       no_args_is_help=True)
 
 _FORMAT_HELP = "Row format: auto, alpaca, sharegpt, openai, messages, text."
 _MAP_HELP = "Rename columns: --map instruction=question,output=answer (CSV/Parquet or unusual keys)."
@@ -71,6 +73,7 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable report."),
 ) -> None:
     """Find every problem in a dataset (with file and line) and count its tokens as training will.
+
     Exit status 1 when there are errors.
 
     Example: [bold]tunewise data check train.jsonl --goal task --sequence-len 2048[/]
@@ -173,8 +176,10 @@ def show_cmd(
     mapping: Optional[list[str]] = typer.Option(None, "--map", help=_MAP_HELP),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="chatml or a Jinja file."),
 ) -> None:
-    """Show examples exactly as training sees them: trained tokens green, masked ones dim,
-    special tokens (the end-of-turn token) in reverse video, tokens cut by sequence_len struck through.
+    """Show examples exactly as training sees them.
+
+    Trained tokens green, masked ones dim, special tokens (the end-of-turn token) in reverse video,
+    tokens cut by sequence_len struck through.
 
     Example: [bold]tunewise data show train.jsonl --model smollm2-135m -n 2[/]
     """
@@ -250,8 +255,9 @@ def split_cmd(
     force: bool = typer.Option(False, "--force", help="Replace existing split files."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
-    """Split into IN-stem.train.jsonl and IN-stem.eval.jsonl, deterministically; duplicates (exact and
-    near) always land on the same side.
+    """Split into IN-stem.train.jsonl and IN-stem.eval.jsonl, deterministically.
+
+    Duplicates (exact and near) always land on the same side.
 
     Example: [bold]tunewise data split train.jsonl --eval 0.1 --seed 0[/]
     """

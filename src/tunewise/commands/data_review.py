@@ -29,8 +29,10 @@ def review_cmd(
     open_browser: bool = typer.Option(False, "--open", help="Also open the page in the default browser."),
     as_json: bool = typer.Option(False, "--json", help="With --export: print a machine-readable result."),
 ) -> None:
-    """Review a dataset in a local web page: accept, edit or reject each example, write new ones by
-    hand, see a synth pair's source chunk with the supporting sentences highlighted. Every decision is
+    """Review a dataset in a local web page: accept, edit or reject each example.
+
+    Write new ones by hand, see a synth pair's source chunk with the supporting sentences
+    highlighted. Every decision is
     saved to a review log as it is made; reopening resumes at the first undecided example.
     With --export, write what was kept in a training format instead of serving.
 

@@ -37,8 +37,9 @@ def synth_cmd(
     force: bool = typer.Option(False, "--force", help="Write OUT again from scratch (the reply cache is kept, so done work costs nothing)."),
     as_json: bool = typer.Option(False, "--json", help="Print the funnel (or the dry-run estimate) as JSON."),
 ) -> None:
-    """Write instruction–response pairs from documents: questions first, then each answer from its
-    chunk only; keep a pair only when it parses, is grounded in its chunk, retrieves its chunk and is
+    """Write instruction–response pairs from documents with an LLM, for a person to review.
+
+    Questions first, then each answer from its chunk only; keep a pair only when it parses, is grounded in its chunk, retrieves its chunk and is
     not a duplicate. Prints the funnel (also written to OUT-stem.funnel.json) and exits 1 when nothing
     is kept, 3 when the run stopped early (budget, failed requests: rerun to resume).
 

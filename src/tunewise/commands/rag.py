@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-rag_app = typer.Typer(help="Index a documents folder and retrieve from it (dense + BM25 hybrid).", no_args_is_help=True)
+rag_app = typer.Typer(help="Index a documents folder and retrieve from it (dense + BM25 hybrid).\n\nExample: "
+                      "[bold]tunewise rag index docs/[/]", no_args_is_help=True)
 
 
 def _open_or_build(index: Optional[Path], docs: Optional[Path], progress: bool = True):
