@@ -71,8 +71,9 @@ def _base_dtype(model_dir: Path) -> str:
 
 def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None = None, quant: str = "f16",
            adapter: bool = False, overwrite: bool = False, gpus: int = 1, name: str | None = None,
-           echo: Callable[[str], None] = print) -> ExportResult:
-    """Export ``ref`` (a tunewise run, an adapter dir or a model) ``to`` merged/gguf/ollama/vllm."""
+           echo: Callable[[str], None] = print, show_progress: bool = True) -> ExportResult:
+    """Export ``ref`` (a tunewise run, an adapter dir or a model) ``to`` merged/gguf/ollama/vllm;
+    ``show_progress``: a progress line on stderr while the GGUF's answers are checked."""
     from tunewise.export import gguf as gguf_mod
     from tunewise.export import merge as mg
     from tunewise.export import template as tp
@@ -148,13 +149,19 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
             gguf_path = gguf_mod.convert(hf_dir, tmp / "model.gguf", quant)
             files["gguf"] = gguf_path.name
             checks += vf.check_gguf_metadata(vf.gguf_metadata(gguf_path), tokenizer, eot_ids, tokenizer.chat_template)
-            echo("  loading the GGUF in llama.cpp and checking it …")
-            hf_greedy = vf.greedy_texts(saved, tokenizer, prompts, vf.MATCH_TOKENS, eot_ids)
-            llm = vf.LlamaCpp(gguf_path)
-            try:
-                checks += vf.check_gguf_runtime(llm, tokenizer, prompts, hf_greedy, quant, eot_ids, prompts)
-            finally:
-                llm.close()
+            echo("  loading the GGUF in llama.cpp and checking it (HF's greedy answers, llama.cpp's, stopping) …")
+            from tunewise.progress import progress
+
+            # one answer per held-out prompt from HF, two from llama.cpp (the agreement and the stop check)
+            with progress("  answers", 3 * len(prompts), unit="answer", enabled=show_progress) as prog:
+                tick = lambda: prog.update(advance=1)  # noqa: E731
+                hf_greedy = vf.greedy_texts(saved, tokenizer, prompts, vf.MATCH_TOKENS, eot_ids, tick=tick)
+                llm = vf.LlamaCpp(gguf_path)
+                try:
+                    checks += vf.check_gguf_runtime(llm, tokenizer, prompts, hf_greedy, quant, eot_ids, prompts,
+                                                    tick=tick)
+                finally:
+                    llm.close()
         if to == "ollama":
             modelfile = tmp / "Modelfile"
             atomic_write_text(modelfile, modelfile_text(tp.ollama_template(parts), eot_strings, system))

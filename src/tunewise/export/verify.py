@@ -47,8 +47,9 @@ def failed(checks: Sequence[Check]) -> list[Check]:
 # ---------------------------------------------------------------------------------------------
 
 
-def greedy_texts(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
-    """Greedy new-token ids for each prompt (transformers, fp32)."""
+def greedy_texts(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, stop_ids: list[int],
+                 tick: Callable[[], None] | None = None) -> list[list[int]]:
+    """Greedy new-token ids for each prompt (transformers, fp32); ``tick()`` after each."""
     import torch
 
     outs = []
@@ -60,6 +61,8 @@ def greedy_texts(model, tokenizer, prompts: list[list[dict]], max_new_tokens: in
                                  do_sample=False, temperature=None, top_p=None, top_k=None,
                                  eos_token_id=stop_ids, pad_token_id=stop_ids[0])
             outs.append(out[0, ids.shape[1]:].tolist())
+            if tick is not None:
+                tick()
     return outs
 
 
@@ -183,8 +186,10 @@ class LlamaCpp:
 
 
 def check_gguf_runtime(llm: LlamaCpp, tokenizer, prompts, hf_greedy: list[list[int]], quant: str,
-                       eot_ids: list[int], smoke: list[list[dict]]) -> list[Check]:
-    """Load-back checks in llama.cpp: tokenizer ids, one BOS, the template, greedy agreement, stopping."""
+                       eot_ids: list[int], smoke: list[list[dict]], tick: Callable[[], None] | None = None) -> list[Check]:
+    """Load-back checks in llama.cpp: tokenizer ids, one BOS, the template, greedy agreement, stopping;
+    ``tick()`` after each answer llama.cpp gives."""
+    tick = tick or (lambda: None)
     checks = []
     probe = PROBE + "".join(tokenizer.convert_ids_to_tokens(eot_ids)) + "".join(
         t for t in tokenizer.all_special_tokens if t not in PROBE)
@@ -220,6 +225,7 @@ def check_gguf_runtime(llm: LlamaCpp, tokenizer, prompts, hf_greedy: list[list[i
     examples = []
     for msgs, ref in zip(prompts, hf_greedy):
         text, _, _ = llm.chat(msgs, MATCH_TOKENS)
+        tick()
         cpp = tokenizer.encode(text, add_special_tokens=False)
         ref_text = tokenizer.decode([t for t in ref[:MATCH_TOKENS] if t not in eot_ids], skip_special_tokens=True)
         same = text.strip() == ref_text.strip() or cpp[:MATCH_TOKENS] == [t for t in ref if t not in eot_ids][:MATCH_TOKENS]
@@ -234,7 +240,10 @@ def check_gguf_runtime(llm: LlamaCpp, tokenizer, prompts, hf_greedy: list[list[i
                         "a conversion that changed the model"))
     # An export that lost the end-of-turn token never stops on any prompt; a model that learned to
     # end its turns stops on most. Held-out prompts, greedy, up to 256 tokens each.
-    ends = [llm.chat(msgs, 256) for msgs in smoke]
+    ends = []
+    for msgs in smoke:
+        ends.append(llm.chat(msgs, 256))
+        tick()
     stopped = [n for _, finish, n in ends if finish == "stop"]
     checks.append(Check("stops by itself", bool(stopped),
                         f"greedy answers ended by themselves on {len(stopped)}/{len(smoke)} held-out prompts"
