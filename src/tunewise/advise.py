@@ -82,6 +82,14 @@ class Answers(Strict):
         return v.strip().upper() if isinstance(v, str) else v
 
 
+
+METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
+
+
+def method_label(method: str) -> str:
+    """How a training method is written in prose: LoRA, QLoRA, full fine-tuning."""
+    return METHOD_LABELS.get(method, method)
+
 def load_answers(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Answers:
     """Answers from a YAML file and/or a mapping of flags, validated (every problem at once)."""
     from tunewise.config import load_config
@@ -388,7 +396,7 @@ def plan_finetune(answers: Answers, gpus: dict[str, Any], rate: float) -> Finetu
         else:
             hardware = f"a rented {choice.name} ({choice.vram_gb:g} GB, cloud)"
             hours, cost = choice.hours, (choice.usd or 0) * rate
-            why.append(f"no GPU here: {method.upper()} of {base} needs {mem[method]:.1f} GB; the cheapest GPU "
+            why.append(f"no GPU here: {method_label(method)} of {base} needs {mem[method]:.1f} GB; the cheapest GPU "
                        f"from the table that fits is the {choice.name}")
         if answers.on_premise:
             tool, backend = "buy or place a GPU on premise, then tunewise train (PEFT; Unsloth on one consumer GPU)", "auto"

@@ -135,7 +135,9 @@ def _print_advice(result) -> None:
     if result.plan:
         p = result.plan
         console.print("\n[bold]How to fine-tune[/]")
-        console.print(f"  method: [bold]{p.method.upper()}[/] of {p.base_model} — about {p.memory_gb:.1f} GB "
+        from tunewise.advise import method_label
+
+        console.print(f"  method: [bold]{method_label(p.method)}[/] of {p.base_model} — about {p.memory_gb:.1f} GB "
                       f"(full {p.fits['full']:.0f} GB, LoRA {p.fits['lora']:.1f} GB, QLoRA {p.fits['qlora']:.1f} GB)", highlight=False)
         console.print(f"  hardware: {p.hardware}", highlight=False)
         console.print(f"  tool: {p.tool}", highlight=False)
