@@ -73,7 +73,15 @@ def test_config_validate(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora_r: -3\nlearning_rat: 0.1\nmethod: magic\n")
     code, out = run_cli(capsys, "config", "validate", str(good))
-    assert code == 0 and "valid" in out
+    assert code == 0 and "valid" in out and "warning" not in out
+    there = tmp_path / "d.jsonl"
+    there.write_text("{}\n")
+    named = tmp_path / "named.yaml"
+    named.write_text(f"datasets:\n  - path: {there}\n  - path: {tmp_path / 'gone.jsonl'}\n")
+    code, out = run_cli(capsys, "config", "validate", str(named))
+    flat = " ".join(out.split())
+    assert code == 0 and "is valid" in flat  # the schema is fine; a missing file is a warning, not a failure
+    assert f"datasets[1].path: {tmp_path / 'gone.jsonl'} does not exist" in flat and "datasets[0]" not in flat
     code, out = run_cli(capsys, "config", "validate", str(good), str(bad))
     assert code == 1
     for key in ("lora_r", "learning_rat", "learning_rate", "method"):

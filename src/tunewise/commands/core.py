@@ -156,6 +156,14 @@ def config_validate(
                 console.print(f"  [bold]{p.key}[/]: {p.message} — [yellow]{p.fix}[/]", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]✓ {f}[/] is valid", highlight=False, soft_wrap=True)
+            # the files it names are read relative to where `tunewise train` runs: say which are not there
+            for key in ("datasets", "test_datasets"):
+                for i, d in enumerate(data.get(key) or []):
+                    path = d.get("path") if isinstance(d, dict) else None
+                    if path and not Path(path).expanduser().exists():
+                        console.print(f"  [yellow]warning[/] {key}[{i}].path: {path} does not exist from "
+                                      f"{Path.cwd()} (paths are read from where train runs)",
+                                      highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
