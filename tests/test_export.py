@@ -75,7 +75,8 @@ def _modelfile(tmp_path, smol_tokenizer, stops=("<|im_end|>",), system=True, ext
     from tunewise.export import modelfile_text
 
     parts = tp.template_parts(smol_tokenizer)
-    text = modelfile_text(template or tp.ollama_template(parts), list(stops), parts.default_system if system else None)
+    text = modelfile_text(template or tp.ollama_template(parts), list(stops),
+                          (system if isinstance(system, str) else parts.default_system) if system else None)
     path = tmp_path / "Modelfile"
     path.write_text(text + extra)
     return path
@@ -83,6 +84,15 @@ def _modelfile(tmp_path, smol_tokenizer, stops=("<|im_end|>",), system=True, ext
 
 def test_modelfile_checks_pass_on_a_good_modelfile(tmp_path, smol_tokenizer):
     checks = vf.check_modelfile(_modelfile(tmp_path, smol_tokenizer), smol_tokenizer, ["<|im_end|>"], None)
+    assert all(c.passed for c in checks), [c.line() for c in checks]
+
+
+def test_modelfile_with_the_runs_own_shared_system_prompt_passes(tmp_path, smol_tokenizer):
+    """A run trained with one system prompt on every example exports it as SYSTEM: Ollama then sends
+    it with every conversation that has none, which is what the training template renders."""
+    path = _modelfile(tmp_path, smol_tokenizer, system="You are a support bot for Acme.")
+    assert 'SYSTEM """You are a support bot for Acme."""' in path.read_text()
+    checks = vf.check_modelfile(path, smol_tokenizer, ["<|im_end|>"], "You are a support bot for Acme.")
     assert all(c.passed for c in checks), [c.line() for c in checks]
 
 

@@ -304,9 +304,15 @@ def check_modelfile(path: Path, tokenizer, eot_strings: list[str], system: str |
     tpl = mf.get("TEMPLATE")
     ok, detail = False, "no TEMPLATE"
     if tpl is not None:
+        system_line = mf.get("SYSTEM")
         for msgs in (SAMPLE_CONVERSATION, SAMPLE_CONVERSATION[1:]):
-            want = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            got = render_ollama(tpl, msgs, system=mf.get("SYSTEM"))
+            # a conversation without a system message gets the Modelfile's SYSTEM from Ollama: the
+            # training template must render it as if that system prompt had been sent (the shared
+            # system prompt the run was trained with, or the template's own default)
+            sent = msgs if msgs[0]["role"] == "system" or system_line is None else (
+                [{"role": "system", "content": system_line}, *msgs])
+            want = tokenizer.apply_chat_template(sent, tokenize=False, add_generation_prompt=True)
+            got = render_ollama(tpl, msgs, system=system_line)
             ok = got == want
             if not ok:
                 at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
