@@ -380,6 +380,17 @@ def test_existing_output_is_not_overwritten_without_overwrite(tiny_runs, tmp_pat
     assert not (out / "keep.txt").exists() and (out / "export_report.json").is_file()
 
 
+def test_out_may_never_be_an_input_even_with_overwrite(tiny_runs, tmp_path):
+    """`--out` the run itself, its adapter or a folder holding the run: refused before any work,
+    with --overwrite too, and the run is untouched."""
+    run = tiny_runs["lora"]
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    for out in (run, run / "adapter", run.parent):
+        code, text = cli(["export", str(run), "--to", "merged", "--out", str(out), "--overwrite"])
+        assert code == 1 and "never overwrites its input" in text and "Traceback" not in text, text
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: the identity run exported to GGUF answers in llama.cpp and stops by itself
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,19 @@ class ExportResult:
         return all(c.passed for c in self.checks)
 
 
+def _check_out_is_not_an_input(out_dir: Path, source) -> None:
+    """``--out`` may not be (or hold) what the export reads: with ``--overwrite`` the old directory is
+    replaced, which would delete the run, adapter or model being exported."""
+    out = out_dir.expanduser().resolve()
+    inputs = [Path(source.ref).expanduser(), source.model_dir, source.adapter_dir, source.base_dir, source.run_dir]
+    for p in (x for x in inputs if x is not None):
+        p = Path(p).expanduser().resolve()
+        if out == p or out in p.parents:
+            raise TunewiseError(f"--out {out_dir} is {'' if out == p else 'a folder holding '}{p}, which this export "
+                                "reads: tunewise never overwrites its input",
+                                "pass --out a new directory (the default is export-TARGET inside the run)")
+
+
 def default_out(ref: str, to: str) -> Path:
     p = Path(ref).expanduser()
     if p.is_dir():
@@ -98,6 +111,7 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
         raise TunewiseError(f"{out_dir} already exists", "pass --overwrite to replace it, or --out another directory")
 
     source = mg.resolve_source(ref)
+    _check_out_is_not_an_input(out_dir, source)
     tokenizer = load_tokenizer(source.ref)
     dtype = dtype or _base_dtype(source.model_dir)
     prompts, prompts_from = mg.held_out_prompts(source)
