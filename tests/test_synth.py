@@ -64,6 +64,8 @@ class FakeTeacher:
         self.blocked = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
+        self.delay_s = 0.0  # a slow teacher, so that requests overlap
+        self.in_flight = self.max_in_flight = 0
 
     def total(self) -> int:
         return sum(self.calls.values())
@@ -141,10 +143,17 @@ class FakeTeacher:
                     teacher.calls[key] = teacher.calls.get(key, 0) + 1
                     teacher.auth.append(self.headers.get("Authorization", ""))
                     n = teacher.total()
-                if teacher.block_at is not None and n == teacher.block_at:
-                    teacher.blocked.set()
-                    teacher.release.wait(30)
-                status, headers, text = teacher.reply(body)
+                    teacher.in_flight += 1
+                    teacher.max_in_flight = max(teacher.max_in_flight, teacher.in_flight)
+                try:
+                    if teacher.block_at is not None and n == teacher.block_at:
+                        teacher.blocked.set()
+                        teacher.release.wait(30)
+                    time.sleep(teacher.delay_s)
+                    status, headers, text = teacher.reply(body)
+                finally:
+                    with teacher.lock:
+                        teacher.in_flight -= 1
                 if status == 200:
                     payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",
@@ -419,6 +428,33 @@ def test_output_passes_data_check_and_nothing_kept_exits_1(teacher, tmp_path, ca
 
 
 # ---------------------------------------------------------------------------------- cost
+
+
+def test_concurrency_bounds_every_request_in_flight_judge_included(teacher, tmp_path):
+    """--concurrency N: at most N requests at the endpoint at once, though questions, answers and
+    the judge come from two thread pools."""
+    teacher.delay_s = 0.05
+    docs = make_docs(tmp_path, ["good.md", "think.md", "reask.md"])
+    res = synthesize(opts(docs, tmp_path / "pairs.jsonl", teacher, embedder=HashingEmbedder(), judge=True,
+                          concurrency=2))
+    assert res.kept > 0 and teacher.judged  # the judge ran beside generation
+    assert teacher.max_in_flight == 2  # used, and never exceeded
+
+
+def test_credentials_in_the_endpoint_are_never_shown(teacher, tmp_path, capsys):
+    """A key in the URL (user:password, or a query parameter) appears in no output or error."""
+    docs = make_docs(tmp_path, ["good.md"])
+    url = teacher.url.replace("http://", "http://user:sk-in-url-123@") + "?api-key=sk-in-query-456"
+    code, stdout, err = run_cli(["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint", url,
+                                 "--model", "teacher-1", "--dry-run"], capsys)
+    assert code == 0 and "127.0.0.1" in stdout and "sk-in" not in stdout + err
+    # the endpoint refuses the key: the error names the endpoint without it, and nothing on disk holds it
+    teacher.reply = lambda body: (401, {}, json.dumps({"error": {"message": "bad key", "type": "auth"}}))
+    code, stdout, err = run_cli(["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint", url,
+                                 "--model", "teacher-1", "--index", str(tmp_path / "idx")], capsys)
+    assert code == 1 and "HTTP 401" in err and "127.0.0.1" in err and "sk-in" not in stdout + err
+    for f in tmp_path.rglob("*"):
+        assert not f.is_file() or b"sk-in" not in f.read_bytes(), f
 
 
 def test_dry_run_estimates_and_sends_nothing(teacher, tmp_path, capsys):

@@ -68,7 +68,10 @@ def synth_cmd(
         def usd(x):
             return f"${x:,.4f}" if x is not None else "unknown (give --price-per-mtok IN,OUT)"
 
-        console.print(f"dry run: [bold]{est.requests:,}[/] requests to {model} at {endpoint}", highlight=False, soft_wrap=True)
+        from tunewise.data.synth.client import public_endpoint
+
+        console.print(f"dry run: [bold]{est.requests:,}[/] requests to {model} at {public_endpoint(endpoint)}",
+                      highlight=False, soft_wrap=True)
         console.print(f"  input ≈ {est.input_tokens:,} tokens · output ≈ {est.output_tokens_expected:,} tokens expected, "
                       f"at most {est.output_tokens_max:,} (max_tokens)", highlight=False, soft_wrap=True)
         console.print(f"  cost ≈ [bold]{usd(est.usd_expected)}[/] expected, at most {usd(est.usd_max)} [dim]({p.source})[/]",

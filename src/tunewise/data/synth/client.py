@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import urlparse, urlunparse
 
 from tunewise.data.synth.cache import ReplyCache, request_key
 from tunewise.errors import TunewiseError
@@ -87,15 +88,27 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def public_endpoint(endpoint: str) -> str:
+    """The endpoint as shown and recorded: no user:password, no query string (keys sometimes travel there)."""
+    u = urlparse(endpoint)
+    host = u.hostname or ""
+    netloc = host + (f":{u.port}" if u.port else "")
+    return urlunparse((u.scheme, netloc, u.path, "", "", ""))
+
+
 class ChatClient:
     """``complete(messages, **sampling)`` → :class:`Reply`, cached by the full request."""
 
     def __init__(self, endpoint: str, model: str, cache: ReplyCache, *, api_key: str | None = None,
                  max_attempts: int = 6, base_s: float = 1.0, cap_s: float = 60.0, max_wait_s: float = 600.0,
-                 timeout_s: float = 600.0, sleep: Callable[[float], None] = time.sleep, seed: int = 0):
+                 timeout_s: float = 600.0, sleep: Callable[[float], None] = time.sleep, seed: int = 0,
+                 max_in_flight: int | None = None):
         import openai
 
-        self.endpoint = endpoint
+        self.endpoint = public_endpoint(endpoint)  # what messages, the cache and records show
+        # at most this many requests sent and not yet answered, however many threads call (backoff waits
+        # do not hold a place)
+        self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self.model = model
         self.cache = cache
         self.max_attempts = max_attempts
@@ -135,9 +148,15 @@ class ChatClient:
         for attempt in range(self.max_attempts):
             self.stats.add(calls=1)
             try:
-                resp = self._client.chat.completions.create(
-                    model=request["model"], messages=request["messages"], max_tokens=request["max_tokens"],
-                    temperature=request["temperature"], top_p=request["top_p"], seed=request["seed"])
+                if self._in_flight is not None:
+                    self._in_flight.acquire()
+                try:
+                    resp = self._client.chat.completions.create(
+                        model=request["model"], messages=request["messages"], max_tokens=request["max_tokens"],
+                        temperature=request["temperature"], top_p=request["top_p"], seed=request["seed"])
+                finally:
+                    if self._in_flight is not None:
+                        self._in_flight.release()
             except openai.APIStatusError as e:
                 status = e.status_code
                 if status in FATAL_STATUSES:

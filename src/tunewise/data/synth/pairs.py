@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 from tunewise.data.synth import prompts
 from tunewise.data.synth.cache import ReplyCache, append_line, request_key, truncate_torn_tail
 from tunewise.data.synth.chunks import DocChunk, load_chunks
-from tunewise.data.synth.client import ChatClient, RequestFailed, estimate_tokens
+from tunewise.data.synth.client import ChatClient, RequestFailed, estimate_tokens, public_endpoint
 from tunewise.data.synth.cost import Budget, BudgetReached, Estimate, resolve_pricing
 from tunewise.data.synth.parse import ParseError, parse_answer, parse_questions, parse_verdict
 from tunewise.data.synth.report import Funnel
@@ -73,14 +73,6 @@ def side_files(out: Path) -> dict[str, Path]:
     stem = out.with_suffix("")
     return {"funnel": Path(f"{stem}.funnel.json"), "rejected": Path(f"{stem}.rejected.jsonl"),
             "cache": Path(f"{stem}.cache.jsonl")}
-
-
-def public_endpoint(endpoint: str) -> str:
-    """The endpoint as recorded: no user:password, no query string (keys sometimes travel there)."""
-    u = urlparse(endpoint)
-    host = u.hostname or ""
-    netloc = host + (f":{u.port}" if u.port else "")
-    return urlunparse((u.scheme, netloc, u.path, "", "", ""))
 
 
 def check_options(o: SynthOptions) -> None:
@@ -362,7 +354,9 @@ def synthesize(o: SynthOptions, console=None) -> SynthResult:
     grounding = GroundingCheck(index.embedder)
     dups = DuplicateFilter()
     cache = ReplyCache(files["cache"])
-    client = ChatClient(o.endpoint, o.model, cache, api_key=key, max_attempts=o.max_attempts, sleep=o.sleep)
+    # one limit for every request in flight, question/answer and judge alike (two pools feed it)
+    client = ChatClient(o.endpoint, o.model, cache, api_key=key, max_attempts=o.max_attempts, sleep=o.sleep,
+                        max_in_flight=o.concurrency)
     gen = Generator(o, client, budget)
     funnel = Funnel(chunks=chunks, documents=sorted(doc_hashes), skipped=skipped, judge=o.judge)
     rejected: list[dict] = []
