@@ -311,6 +311,23 @@ def test_cli_export_and_misuse(pairs, tmp_path):
     assert r.exit_code != 0 and "--export" in str(r.exception)
 
 
+def test_damaged_log_entries_are_left_out_of_an_export_and_named(pairs, tmp_path):
+    """A log line whose messages are not [{role, content}] (hand-edited, damaged) is skipped like an
+    unreadable one; --export leaves it out and says which line, never a TypeError."""
+    s = ReviewSession(pairs)
+    s.decide(s.dataset.examples[2].id, "accept")
+    with open(s.log.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "gold-x", "decision": "gold", "messages": None}) + "\n")
+        f.write(json.dumps({"id": s.dataset.examples[3].id, "decision": "edit", "messages": "oops"}) + "\n")
+    s2 = ReviewSession(pairs)
+    assert s2.log.skipped_lines == [3, 4]
+    r = CliRunner().invoke(app, ["data", "review", str(pairs), "--export", str(tmp_path / "a.jsonl")])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "wrote 1 examples" in flat and "line(s) 3, 4" in flat and "unreadable review-log entry" in flat
+    assert read_jsonl(tmp_path / "a.jsonl") == [ROWS[2]]
+
+
 def test_cli_export_says_what_the_format_cannot_hold(tmp_path):
     p = write_rows(tmp_path / "pairs.jsonl", CHAT_ROWS)
     s = ReviewSession(p)

@@ -150,6 +150,17 @@ def load_examples(path: str | Path, format: str = "auto", mapping: dict[str, str
 # ---------------------------------------------------------------------------------------------
 
 
+def _messages_ok(entry: dict) -> bool:
+    """An edit or a hand-written example carries its messages as [{role, content}, ...] (strings); a
+    damaged line without them is skipped like an unreadable one, not carried into an export."""
+    if entry.get("decision") not in ("edit", "gold") and "messages" not in entry:
+        return True
+    msgs = entry.get("messages")
+    return (isinstance(msgs, list) and bool(msgs)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs))
+
+
 class ReviewLog:
     """An append-only JSONL file of decisions. Each :meth:`append` writes one whole line, flushes and
     fsyncs it before returning. A line torn by a crash (no newline, bad JSON) is skipped when read and
@@ -175,7 +186,8 @@ class ReviewLog:
                 except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                     self.skipped_lines.append(lineno)
                     continue
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry.get("decision") in DECISIONS + ("gold",):
+                if (isinstance(entry, dict) and isinstance(entry.get("id"), str)
+                        and entry.get("decision") in DECISIONS + ("gold",) and _messages_ok(entry)):
                     entries.append(entry)
                 elif not (isinstance(entry, dict) and "review_log" in entry):
                     self.skipped_lines.append(lineno)
@@ -574,6 +586,10 @@ def export_reviewed(session: ReviewSession, out: str | Path, to: str | None = No
     if not rows:
         raise TunewiseError(f"no kept example can be written as {to}", dropped[0][1] if dropped else None)
     write_output(out, serialize_rows(rows, out))
+    skipped = list(session.log.skipped_lines)
+    if skipped:  # damaged log lines left out: said, with where they are
+        lines = ", ".join(map(str, skipped[:5])) + (" …" if len(skipped) > 5 else "")
+        dropped = [*dropped, (f"{session.log.path.name} line(s) {lines}", "unreadable review-log entry, left out")]
     return ExportResult(str(out), to, len(rows), session.counts(), dropped)
 
 
