@@ -469,6 +469,13 @@ def test_dry_run_estimates_and_sends_nothing(teacher, tmp_path, capsys):
     code, stdout, _ = run_cli(["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint",
                                "https://api.openai.com/v1", "--model", "gpt-4o-mini", "--dry-run"], capsys)
     assert code == 0 and "genai-prices" in stdout and "12 requests" in stdout and "$" in stdout
+    # what the run would refuse, the dry run refuses too (it estimated them before)
+    for bad, needle in ((["--chunk-tokens", "0"], "--chunk-tokens 0 is too small"),
+                        (["--chunk-tokens", "20", "--overlap", "50"], "--overlap 50 must be"),
+                        (["--max-cost", "1"], "--max-cost needs a price")):
+        code, stdout, err = run_cli(["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint",
+                                     teacher.url, "--model", "teacher-1", "--dry-run", *bad], capsys)
+        assert code == 1 and needle in " ".join(err.split()) and "Traceback" not in err, (bad, err)
 
 
 def test_budget_is_a_hard_limit_and_rerun_resumes(teacher, tmp_path):
@@ -493,7 +500,9 @@ def test_per_hour_pricing_of_a_local_endpoint(teacher, tmp_path, capsys):
     base = ["data", "synth", str(docs), "--out", str(tmp_path / "p.jsonl"), "--endpoint", teacher.url, "--model", "teacher-1",
             "--per-chunk", "2", "--index", str(tmp_path / "idx")]
     code, stdout, _ = run_cli(base + ["--dry-run", "--usd-per-hour", "2.5"], capsys)
-    assert code == 0 and "plus $2.50 per hour the run takes" in stdout and "local endpoint, $2.5/h" in stdout
+    flat = " ".join(stdout.split())
+    assert code == 0 and "cost: $2.50 per hour the run takes" in flat and "local endpoint, $2.5/h" in flat
+    assert "$0.0000" not in flat  # not a zero cost with an hourly price beside it
     code, stdout, _ = run_cli(base + ["--dry-run", "--usd-per-hour", "2.5", "--json"], capsys)
     est = json.loads(stdout)
     assert est["requests"] == 9 and est["usd_max"] == 0.0 and est["pricing"]["usd_per_hour"] == 2.5

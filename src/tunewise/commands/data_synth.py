@@ -74,10 +74,14 @@ def synth_cmd(
                       highlight=False, soft_wrap=True)
         console.print(f"  input ≈ {est.input_tokens:,} tokens · output ≈ {est.output_tokens_expected:,} tokens expected, "
                       f"at most {est.output_tokens_max:,} (max_tokens)", highlight=False, soft_wrap=True)
-        console.print(f"  cost ≈ [bold]{usd(est.usd_expected)}[/] expected, at most {usd(est.usd_max)} [dim]({p.source})[/]",
-                      highlight=False, soft_wrap=True)
-        if p.usd_per_hour:
-            console.print(f"  plus ${p.usd_per_hour:,.2f} per hour the run takes", highlight=False)
+        if p.usd_per_hour and not est.usd_max:  # a local endpoint: the machine's hours are the whole cost
+            console.print(f"  cost: [bold]${p.usd_per_hour:,.2f} per hour[/] the run takes (the tokens themselves "
+                          f"are free here) [dim]({p.source})[/]", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"  cost ≈ [bold]{usd(est.usd_expected)}[/] expected, at most {usd(est.usd_max)} [dim]({p.source})[/]",
+                          highlight=False, soft_wrap=True)
+            if p.usd_per_hour:
+                console.print(f"  plus ${p.usd_per_hour:,.2f} per hour the run takes", highlight=False)
         console.print("  [dim]nothing was sent; drop --dry-run to run (add --max-cost for a hard budget)[/]")
         return
     result = synthesize(opts)

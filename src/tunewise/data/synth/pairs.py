@@ -90,6 +90,12 @@ def check_options(o: SynthOptions) -> None:
                             "e.g. --endpoint http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
     if o.max_cost is not None and o.max_cost <= 0:
         raise TunewiseError(f"--max-cost {o.max_cost} must be above 0", "e.g. --max-cost 5 (USD)")
+    # the chunking rules of the index the run builds, checked here so that a dry run refuses what the run would
+    if o.chunk_tokens < 16:
+        raise TunewiseError(f"--chunk-tokens {o.chunk_tokens} is too small", "use at least 16 (default 256)")
+    if not 0 <= o.overlap < o.chunk_tokens:
+        raise TunewiseError(f"--overlap {o.overlap} must be ≥ 0 and below --chunk-tokens {o.chunk_tokens}",
+                            "e.g. --overlap 32")
 
 
 def api_key(o: SynthOptions) -> str | None:
@@ -130,6 +136,7 @@ def estimate(o: SynthOptions, chunks: list[DocChunk] | None = None) -> Estimate:
             out_exp += o.per_chunk * (min(o.answer_max_tokens, 120) + (min(o.answer_max_tokens, 40) if o.judge else 0))
             out_max += o.per_chunk * o.answer_max_tokens * rounds
     pricing = resolve_pricing(o.model, o.endpoint, o.price_per_mtok, o.usd_per_hour)
+    Budget(pricing, o.max_cost)  # refuses a --max-cost it could not enforce, as the run would
     usd_exp = pricing.tokens_usd(in_tok, out_exp) if pricing.known else None
     usd_max = pricing.tokens_usd(in_tok, out_max) if pricing.known else None
     return Estimate(n_q + n_a, in_tok, out_exp, out_max, usd_exp, usd_max, pricing)
