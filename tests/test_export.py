@@ -363,6 +363,32 @@ def test_vllm_adapter_hand_off_is_refused_with_modules_to_save(tiny_runs, tmp_pa
         export(str(run), to="vllm", adapter=True, out=tmp_path / "a", echo=_quiet)
 
 
+def test_vllm_adapter_hand_off_is_refused_with_added_tokens_or_another_template(tiny_runs, tmp_path):
+    """vLLM serves a LoRA with the base's tokenizer and template: a run that added tokens, or trained
+    with another chat template, is refused (the merged export carries both)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tunewise.export import export
+
+    run = tmp_path / "run-tokens"
+    shutil.copytree(tiny_runs["lora"], run)
+    tok = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    tok.add_tokens(["<|brand_new|>"])
+    tok.save_pretrained(str(run / "adapter"))
+    with pytest.raises(TunewiseError, match="added 1 tokens"):
+        export(str(run), to="vllm", adapter=True, out=tmp_path / "a", echo=_quiet)
+    run = tmp_path / "run-template"
+    shutil.copytree(tiny_runs["lora"], run)
+    tpl = run / "adapter" / "chat_template.jinja"
+    assert tpl.is_file()
+    tpl.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(TunewiseError, match="chat template other than its base"):
+        export(str(run), to="vllm", adapter=True, out=tmp_path / "b", echo=_quiet)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_missing_quantizer_is_a_clear_error_and_writes_nothing(tiny_runs, tmp_path):
     code, out = cli(["export", str(tiny_runs["lora"]), "--to", "gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "q")])
     assert code == 1 and "llama-quantize" in out and "Traceback" not in out

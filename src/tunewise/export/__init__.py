@@ -331,16 +331,24 @@ def _export_adapter(source, tokenizer, out_dir: Path, gpus: int, name: str | Non
     if cfg.get("modules_to_save"):
         raise TunewiseError(f"the adapter trains whole modules too (modules_to_save: {cfg['modules_to_save']}), "
                             "which vLLM's LoRA serving does not load", "export the merged model: drop --adapter")
-    base_tok_len = len(__import__("tunewise.models", fromlist=["load_tokenizer"]).load_tokenizer(str(source.model_dir)))
-    if len(tokenizer) != base_tok_len:
-        raise TunewiseError(f"the run added {len(tokenizer) - base_tok_len} tokens to the base tokenizer, which "
+    from tunewise.models import load_tokenizer
+
+    base_tok = load_tokenizer(str(source.model_dir))
+    if len(tokenizer) != len(base_tok):
+        raise TunewiseError(f"the run added {len(tokenizer) - len(base_tok)} tokens to the base tokenizer, which "
                             "vLLM's LoRA serving cannot add", "export the merged model: drop --adapter")
+    # vLLM serves a LoRA with the base model's tokenizer and chat template: the run must have trained with the same
+    if (tokenizer.chat_template or "") != (base_tok.chat_template or ""):
+        raise TunewiseError("the run was trained with a chat template other than its base model's, and vLLM serves "
+                            "a LoRA adapter with the base's: its prompts would not be the ones the adapter learned",
+                            "export the merged model (drop --adapter): it carries the training template")
     rank = int(cfg.get("r") or 16)
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(source.adapter_dir, tmp / "adapter")
         cmd = vllm_command(source.model_dir, gpus, name, out_dir / "adapter", vllm_max_lora_rank(rank))
-        checks = [vf.Check("vLLM LoRA hand-off", True, f"rank {rank}, no modules_to_save, no added tokens",
-                           "an adapter a server refuses")]
+        checks = [vf.Check("vLLM LoRA hand-off", True, f"rank {rank}, no modules_to_save, no added tokens, the base "
+                           "model's own chat template (what vLLM serves the adapter with)",
+                           "an adapter a server refuses, or prompts rendered with another template than in training")]
         report = {"source": str(source.ref), "kind": source.kind, "target": "vllm", "adapter": True, "command": cmd,
                   "checks": vf.report_dict(checks), "passed": True,
                   "seconds": round(time.perf_counter() - start, 1)}
