@@ -478,12 +478,32 @@ def test_dry_run_estimates_and_sends_nothing(teacher, tmp_path, capsys):
         assert code == 1 and needle in " ".join(err.split()) and "Traceback" not in err, (bad, err)
 
 
+def test_budget_reservation_bounds_the_real_prompt_in_any_language(smol_tokenizer):
+    """--max-cost reserves an upper bound of the prompt's tokens: never below what the real tokenizer
+    counts, in Chinese, Hindi or emoji, where four characters a token undercounts several times."""
+    from tunewise.data.synth.client import estimate_tokens, max_prompt_tokens
+
+    def count(msgs):
+        text = smol_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return len(smol_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for text in ("员工每年享有九天事假，出差须经部门负责人批准。" * 20, "कर्मचारियों को हर साल नौ दिन की छुट्टी मिलती है। " * 20,
+                 "🙂🚀📈 " * 60, "Nine days of casual leave a year. " * 20):
+        msgs = [{"role": "system", "content": "Answer from the passage."}, {"role": "user", "content": text}]
+        real = count(msgs)
+        assert 10 < real <= max_prompt_tokens(msgs), text[:10]
+    cjk = [{"role": "user", "content": "员工每年享有九天事假。" * 20}]
+    real = count(cjk)
+    assert estimate_tokens(cjk[0]["content"]) < real / 2  # what was reserved before: far too little
+
+
 def test_budget_is_a_hard_limit_and_rerun_resumes(teacher, tmp_path):
     docs = make_docs(tmp_path, ["good.md", "think.md", "reask.md"])
     out = tmp_path / "pairs.jsonl"
-    # each request reserves its worst case, ≈ (prompt ≈ 150 tokens + 512 max_tokens) × $1/M ≈ $0.00066, and
-    # costs 120 tokens ($0.00012) when it is settled: $0.0008 lets one or two through, never all nine
-    budget = 0.0008
+    # each request reserves its worst case whatever the language: its prompt's UTF-8 bytes (≈ 650 here; a
+    # byte-level token covers at least one byte) + 512 max_tokens, × $1/M ≈ $0.00116, and costs 120 tokens
+    # ($0.00012) when it is settled: $0.0013 lets one or two through, never all nine
+    budget = 0.0013
     o = opts(docs, out, teacher, embedder=HashingEmbedder(), concurrency=1, max_cost=budget, price_per_mtok="1,1")
     res = synthesize(o)
     f = json.loads((tmp_path / "pairs.funnel.json").read_text())

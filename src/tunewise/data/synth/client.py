@@ -88,6 +88,18 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+#: tokens a chat template may add around each message (role markers, separators), at most
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def max_prompt_tokens(messages: list[dict]) -> int:
+    """An upper bound on a request's prompt tokens whatever the tokenizer: a byte-level BPE token
+    covers at least one UTF-8 byte, so a text never takes more tokens than it has bytes (Chinese,
+    Hindi, emoji: 3-4 bytes a character), plus the template's markers. What ``--max-cost`` reserves,
+    so that the budget holds for any language; the reply's real count replaces it when settled."""
+    return sum(len(str(m.get("content", "")).encode("utf-8")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
 def public_endpoint(endpoint: str) -> str:
     """The endpoint as shown and recorded: no user:password, no query string (keys sometimes travel there)."""
     u = urlparse(endpoint)

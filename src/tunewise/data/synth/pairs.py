@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from tunewise.data.synth import prompts
 from tunewise.data.synth.cache import ReplyCache, append_line, request_key, truncate_torn_tail
 from tunewise.data.synth.chunks import DocChunk, load_chunks
-from tunewise.data.synth.client import ChatClient, RequestFailed, estimate_tokens, public_endpoint
+from tunewise.data.synth.client import ChatClient, RequestFailed, estimate_tokens, max_prompt_tokens, public_endpoint
 from tunewise.data.synth.cost import Budget, BudgetReached, Estimate, resolve_pricing
 from tunewise.data.synth.parse import ParseError, parse_answer, parse_questions, parse_verdict
 from tunewise.data.synth.report import Funnel
@@ -195,8 +195,7 @@ class Generator:
     def _complete(self, req: dict) -> str:
         if self.client.cached(req) is not None:
             return self.client.complete(req).text
-        prompt_tokens = estimate_tokens("".join(str(m["content"]) for m in req["messages"]))
-        reserved = self.budget.reserve(prompt_tokens, req["max_tokens"])
+        reserved = self.budget.reserve(max_prompt_tokens(req["messages"]), req["max_tokens"])
         t0 = self.budget.clock()
         try:
             reply = self.client.complete(req)
