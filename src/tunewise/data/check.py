@@ -134,8 +134,12 @@ class CheckReport:
     eval_examples: int | None = None  # usable eval examples (with --eval)
     eval_size: dict[str, Any] | None = None  # is the eval set large enough? (tunewise.compare.stats.eval_size_check)
     seconds: float = 0.0
-    error_examples: int = 0  # training rows with at least one error (bad or not trainable as they are)
-    _error_orders: set = field(default_factory=set, repr=False)
+    _error_orders: set = field(default_factory=set, repr=False)  # training rows with at least one error
+
+    @property
+    def error_examples(self) -> int:
+        """Training rows with at least one error (bad, or not trainable as they are)."""
+        return len(self._error_orders)
 
     @property
     def n_errors(self) -> int:
@@ -151,9 +155,8 @@ class CheckReport:
 
     def add(self, level: str, code: str, source: str, message: str, order: int = 1 << 62) -> None:
         key = f"{level}:{code}"
-        if level == "error" and order < 1 << 40 and order not in self._error_orders:  # a training row's
+        if level == "error" and order < 1 << 40:  # a training row's (eval rows and file-level issues come later)
             self._error_orders.add(order)
-            self.error_examples = len(self._error_orders)
         n = self.issue_counts.get(key, 0)
         self.issue_counts[key] = n + 1
         if n < MAX_ISSUES_PER_CODE:
@@ -161,7 +164,8 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("_error_orders", None)
+        d.pop("_error_orders")
+        d["error_examples"] = self.error_examples
         d["ok"] = self.ok
         d["n_errors"] = self.n_errors
         d["n_warnings"] = self.n_warnings

@@ -155,10 +155,11 @@ def _messages_ok(entry: dict) -> bool:
     damaged line without them is skipped like an unreadable one, not carried into an export."""
     if entry.get("decision") not in ("edit", "gold") and "messages" not in entry:
         return True
-    msgs = entry.get("messages")
-    return (isinstance(msgs, list) and bool(msgs)
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs))
+    try:
+        _messages_arg(entry.get("messages"), "review log")  # the rule the page's own requests are held to
+    except TunewiseError:
+        return False
+    return True
 
 
 class ReviewLog:
