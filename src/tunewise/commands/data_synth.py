@@ -39,8 +39,8 @@ def synth_cmd(
 ) -> None:
     """Write instruction–response pairs from documents with an LLM, for a person to review.
 
-    Questions first, then each answer from its chunk only; keep a pair only when it parses, is grounded in its chunk, retrieves its chunk and is
-    not a duplicate. Prints the funnel (also written to OUT-stem.funnel.json) and exits 1 when nothing
+    Questions first, then each answer from its chunk only; keep a pair only when it parses, is
+    grounded in its chunk, retrieves its chunk and is not a duplicate. Prints the funnel (also written to OUT-stem.funnel.json) and exits 1 when nothing
     is kept, 3 when the run stopped early (budget, failed requests: rerun to resume).
 
     Example: [bold]tunewise data synth docs/ --out pairs.jsonl --endpoint http://127.0.0.1:8000/v1 --model smollm2-135m[/]

@@ -84,9 +84,8 @@ def _base_dtype(model_dir: Path) -> str:
 
 def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None = None, quant: str = "f16",
            adapter: bool = False, overwrite: bool = False, gpus: int = 1, name: str | None = None,
-           echo: Callable[[str], None] = print, show_progress: bool = True) -> ExportResult:
-    """Export ``ref`` (a tunewise run, an adapter dir or a model) ``to`` merged/gguf/ollama/vllm;
-    ``show_progress``: a progress line on stderr while the GGUF's answers are checked."""
+           echo: Callable[[str], None] = print) -> ExportResult:
+    """Export ``ref`` (a tunewise run, an adapter dir or a model) ``to`` merged/gguf/ollama/vllm."""
     from tunewise.export import gguf as gguf_mod
     from tunewise.export import merge as mg
     from tunewise.export import template as tp
@@ -167,7 +166,7 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
             from tunewise.progress import progress
 
             # one answer per held-out prompt from HF, two from llama.cpp (the agreement and the stop check)
-            with progress("  answers", 3 * len(prompts), unit="answer", enabled=show_progress) as prog:
+            with progress("  answers", 3 * len(prompts), unit="answer") as prog:  # on stderr
                 tick = lambda: prog.update(advance=1)  # noqa: E731
                 hf_greedy = vf.greedy_texts(saved, tokenizer, prompts, vf.MATCH_TOKENS, eot_ids, tick=tick)
                 llm = vf.LlamaCpp(gguf_path)

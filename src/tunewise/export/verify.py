@@ -52,6 +52,8 @@ def greedy_texts(model, tokenizer, prompts: list[list[dict]], max_new_tokens: in
     """Greedy new-token ids for each prompt (transformers, fp32); ``tick()`` after each."""
     import torch
 
+    tick = tick or (lambda: None)
+
     outs = []
     with torch.inference_mode():
         for msgs in prompts:
@@ -61,8 +63,7 @@ def greedy_texts(model, tokenizer, prompts: list[list[dict]], max_new_tokens: in
                                  do_sample=False, temperature=None, top_p=None, top_k=None,
                                  eos_token_id=stop_ids, pad_token_id=stop_ids[0])
             outs.append(out[0, ids.shape[1]:].tolist())
-            if tick is not None:
-                tick()
+            tick()
     return outs
 
 

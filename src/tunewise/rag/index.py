@@ -134,6 +134,17 @@ def _embed_with_progress(embedder: Embedder, texts: list[str], show: bool) -> np
         return embedder.encode(texts, on_batch=lambda n: prog.update(advance=n))
 
 
+
+def check_chunking(chunk_tokens: int, overlap: int, names: tuple[str, str] = ("chunk_tokens=", "overlap=")) -> None:
+    """The chunk sizes an index can be built with; ``names`` say how the caller spells the two
+    settings (``("--chunk-tokens ", "--overlap ")`` on a command line)."""
+    size, over = names
+    if chunk_tokens < 16:
+        raise TunewiseError(f"{size}{chunk_tokens} is too small", "use at least 16 (default 256)")
+    if not 0 <= overlap < chunk_tokens:
+        raise TunewiseError(f"{over}{overlap} must be ≥ 0 and below {size}{chunk_tokens}", f"e.g. {over}32")
+
+
 class RagIndex:
     """Hybrid (dense + BM25) retrieval over a documents folder. Build with :meth:`build`, reopen
     with :meth:`open`, search with :meth:`query`."""
@@ -168,10 +179,7 @@ class RagIndex:
         ``self.report`` says what happened.
         """
         start = time.perf_counter()
-        if chunk_tokens < 16:
-            raise TunewiseError(f"chunk_tokens={chunk_tokens} is too small", "use at least 16 (default 256)")
-        if not 0 <= overlap < chunk_tokens:
-            raise TunewiseError(f"overlap={overlap} must be ≥ 0 and below chunk_tokens={chunk_tokens}", "e.g. overlap=32")
+        check_chunking(chunk_tokens, overlap)
         docs_dir = Path(docs_dir).expanduser()
         if not docs_dir.exists():
             raise TunewiseError(f"documents folder {docs_dir} does not exist", "give the folder holding your .md/.html/.txt files")

@@ -6,6 +6,7 @@ the report. Completed replies go through the request-keyed cache, so a rerun nev
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random
 import threading
@@ -120,7 +121,7 @@ class ChatClient:
         self.endpoint = public_endpoint(endpoint)  # what messages, the cache and records show
         # at most this many requests sent and not yet answered, however many threads call (backoff waits
         # do not hold a place)
-        self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
         self.model = model
         self.cache = cache
         self.max_attempts = max_attempts
@@ -160,15 +161,10 @@ class ChatClient:
         for attempt in range(self.max_attempts):
             self.stats.add(calls=1)
             try:
-                if self._in_flight is not None:
-                    self._in_flight.acquire()
-                try:
+                with self._in_flight:
                     resp = self._client.chat.completions.create(
                         model=request["model"], messages=request["messages"], max_tokens=request["max_tokens"],
                         temperature=request["temperature"], top_p=request["top_p"], seed=request["seed"])
-                finally:
-                    if self._in_flight is not None:
-                        self._in_flight.release()
             except openai.APIStatusError as e:
                 status = e.status_code
                 if status in FATAL_STATUSES:

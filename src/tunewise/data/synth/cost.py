@@ -17,6 +17,16 @@ from urllib.parse import urlparse
 from tunewise.errors import TunewiseError
 
 
+
+def check_budget(pricing: Pricing, max_usd: float | None) -> None:
+    """A ``--max-cost`` needs a price to count against: an hourly one, or a token price that is not 0."""
+    if max_usd is not None and not pricing.usd_per_hour and not (pricing.input_usd_per_mtok or pricing.output_usd_per_mtok):
+        what = "there is none" if not pricing.known else "every token is free"
+        raise TunewiseError(f"--max-cost needs a price, and {what} ({pricing.source})",
+                            "give --usd-per-hour (what the endpoint's machine costs an hour; for a local endpoint) "
+                            "or --price-per-mtok INPUT,OUTPUT (USD per million tokens)")
+
+
 class BudgetReached(Exception):
     """Sending the next request could pass the budget."""
 
@@ -101,11 +111,7 @@ class Budget:
         self._lock = threading.Lock()
         self.reached = False
         self.longest_s = 0.0  # the longest request so far (seconds)
-        if max_usd is not None and not pricing.usd_per_hour and not (pricing.input_usd_per_mtok or pricing.output_usd_per_mtok):
-            what = "there is none" if not pricing.known else "every token is free"
-            raise TunewiseError(f"--max-cost needs a price, and {what} ({pricing.source})",
-                                "give --usd-per-hour (what the endpoint's machine costs an hour; for a local endpoint) "
-                                "or --price-per-mtok INPUT,OUTPUT (USD per million tokens)")
+        check_budget(pricing, max_usd)
 
     def hours_usd(self) -> float:
         return (self.clock() - self._t0) / 3600 * self.pricing.usd_per_hour

@@ -24,7 +24,7 @@ from tunewise.data.synth import prompts
 from tunewise.data.synth.cache import ReplyCache, append_line, request_key, truncate_torn_tail
 from tunewise.data.synth.chunks import DocChunk, load_chunks
 from tunewise.data.synth.client import ChatClient, RequestFailed, estimate_tokens, max_prompt_tokens, public_endpoint
-from tunewise.data.synth.cost import Budget, BudgetReached, Estimate, resolve_pricing
+from tunewise.data.synth.cost import Budget, BudgetReached, Estimate, check_budget, resolve_pricing
 from tunewise.data.synth.parse import ParseError, parse_answer, parse_questions, parse_verdict
 from tunewise.data.synth.report import Funnel
 from tunewise.errors import TunewiseError
@@ -90,12 +90,10 @@ def check_options(o: SynthOptions) -> None:
                             "e.g. --endpoint http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
     if o.max_cost is not None and o.max_cost <= 0:
         raise TunewiseError(f"--max-cost {o.max_cost} must be above 0", "e.g. --max-cost 5 (USD)")
-    # the chunking rules of the index the run builds, checked here so that a dry run refuses what the run would
-    if o.chunk_tokens < 16:
-        raise TunewiseError(f"--chunk-tokens {o.chunk_tokens} is too small", "use at least 16 (default 256)")
-    if not 0 <= o.overlap < o.chunk_tokens:
-        raise TunewiseError(f"--overlap {o.overlap} must be ≥ 0 and below --chunk-tokens {o.chunk_tokens}",
-                            "e.g. --overlap 32")
+    # the index's own chunking rule, here too so that a dry run refuses what the run would
+    from tunewise.rag.index import check_chunking
+
+    check_chunking(o.chunk_tokens, o.overlap, ("--chunk-tokens ", "--overlap "))
 
 
 def api_key(o: SynthOptions) -> str | None:
@@ -136,7 +134,7 @@ def estimate(o: SynthOptions, chunks: list[DocChunk] | None = None) -> Estimate:
             out_exp += o.per_chunk * (min(o.answer_max_tokens, 120) + (min(o.answer_max_tokens, 40) if o.judge else 0))
             out_max += o.per_chunk * o.answer_max_tokens * rounds
     pricing = resolve_pricing(o.model, o.endpoint, o.price_per_mtok, o.usd_per_hour)
-    Budget(pricing, o.max_cost)  # refuses a --max-cost it could not enforce, as the run would
+    check_budget(pricing, o.max_cost)  # a --max-cost it could not enforce is refused, as the run refuses it
     usd_exp = pricing.tokens_usd(in_tok, out_exp) if pricing.known else None
     usd_max = pricing.tokens_usd(in_tok, out_max) if pricing.known else None
     return Estimate(n_q + n_a, in_tok, out_exp, out_max, usd_exp, usd_max, pricing)
