@@ -82,13 +82,13 @@ class Answers(Strict):
         return v.strip().upper() if isinstance(v, str) else v
 
 
-
 METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 
 
 def method_label(method: str) -> str:
     """How a training method is written in prose: LoRA, QLoRA, full fine-tuning."""
     return METHOD_LABELS.get(method, method)
+
 
 def load_answers(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Answers:
     """Answers from a YAML file and/or a mapping of flags, validated (every problem at once)."""
