@@ -28,17 +28,26 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Optional: compile llama.cpp (the xllamacpp package, same version) for this machine's CPU
-# (-march=native). PyPI's wheel is compiled for AVX2 only; on a CPU with AVX-512 a native build
-# decoded 1.1-1.8x faster (docs/serve.md). About 10 minutes on 2 cores; needs gcc/g++ (cmake comes
-# from PyPI when missing). Options that would fetch sources from the internet (BoringSSL for
-# HTTPS, llguidance) are off: tunewise talks to llama.cpp in process, not over HTTPS.
+# (-march=native). PyPI's wheel is compiled for AVX2 only; on an AMD EPYC with AVX-512 BF16 a native
+# build decoded 1.1-1.8x faster (docs/serve.md). About 5-10 minutes on 2 cores; needs gcc/g++
+# (cmake comes from PyPI when missing). Options that would fetch sources from the internet
+# (BoringSSL for HTTPS, llguidance) are off: tunewise talks to llama.cpp in process, not over HTTPS.
+# AMX kernels are left out (-mno-amx-*): in this llama.cpp version they died with SIGILL on q8_0
+# on an Intel Xeon with AMX (docs/serve.md). The build is then checked in child processes on
+# f16 and q8_0; if either dies, PyPI's wheel is put back and the target fails, saying why.
+# --no-cache-dir: pip would otherwise reinstall a wheel it built earlier, with other flags.
+NATIVE_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+XLLAMACPP_VERSION = $(shell $(BIN)/python -c 'import importlib.metadata as m; print(m.version("xllamacpp"))')
+
 setup-native: setup
 	@command -v cmake >/dev/null 2>&1 || $(BIN)/pip install --quiet cmake
-	PATH="$(abspath $(BIN)):$$PATH" \
+	PATH="$(abspath $(BIN)):$$PATH" CFLAGS="$(NATIVE_CFLAGS)" CXXFLAGS="$(NATIVE_CFLAGS)" \
 	CMAKE_ARGS="-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON" \
-	$(BIN)/pip install --no-deps --force-reinstall --no-binary xllamacpp \
-		"xllamacpp==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("xllamacpp"))')"
-	$(BIN)/python -c "from tunewise.infer.llamacpp import build_isa; print('llama.cpp now compiled for', build_isa())"
+	$(BIN)/pip install --no-deps --force-reinstall --no-cache-dir --no-binary xllamacpp "xllamacpp==$(XLLAMACPP_VERSION)"
+	@$(BIN)/python -m tunewise.infer.build_check || { \
+		echo "Putting PyPI's xllamacpp wheel back (compiled for AVX2), which tunewise runs everywhere."; \
+		$(BIN)/pip install --quiet --no-deps --force-reinstall --only-binary xllamacpp "xllamacpp==$(XLLAMACPP_VERSION)"; \
+		exit 1; }
 
 demo: setup
 	$(BIN)/tunewise demo

@@ -202,3 +202,19 @@ def test_resolved_only_when_the_pick_beat_every_arm_itself(monkeypatch):
     rec = recommend(arms, 0.05, "USD")
     assert rec["resolved"] and rec["unseparated_arms"] == [] and "It beat every other arm" in rec["text"]
     assert rec["finetuning_verdict"] == "paid_off"
+
+
+def test_use_is_said_only_of_an_arm_fit_for_use():
+    """The first sentence says "Use X" only when the best arm reaches min_quality and passes
+    anything at all; otherwise it names the best so far and the reason follows."""
+    good = arm("rag", "rag", [1.0, 1.0, 0.0, 1.0] * 4, 2.0)  # 0.75
+    weak = arm("prompt", "prompt", [0.0] * 16, 1.0)
+    rec = recommend([good, weak], 0.05, "USD", min_quality=0.6)
+    assert rec["statements"][0].startswith("Use 'rag' (rag)")
+    rec = recommend([good, weak], 0.05, "USD", min_quality=0.8)
+    assert rec["statements"][0].startswith("Best so far, not fit for use yet (see below): 'rag'")
+    assert "No arm is fit for use yet" in rec["text"]
+    zero = [arm("prompt", "prompt", [0.0] * 4, 1.0), arm("ft", "finetuned", [0.0] * 4, 2.0)]
+    rec = recommend(zero, 0.05, "USD")
+    assert rec["statements"][0].startswith("Best so far, not fit for use yet (see below): 'prompt'")
+    assert "No arm produced a single acceptable answer" in rec["text"] and "Use '" not in rec["text"]

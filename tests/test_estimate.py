@@ -229,6 +229,7 @@ def test_cli_estimate_json_and_gpu_filter():
     "args,needle",
     [
         (["estimate", "14b"], "unknown model size"),
+        (["estimate", "12x"], "or pass a run config YAML, a model directory"),
         (["estimate", "8b", "--gpu", "rtx-9999"], "unknown GPU"),
         (["estimate", "8b", "--currency", "EUR"], "unknown currency"),
         (["estimate", "8b", "--method", "dpo"], "unknown method"),

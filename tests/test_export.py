@@ -389,6 +389,33 @@ def test_vllm_adapter_hand_off_is_refused_with_added_tokens_or_another_template(
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_vllm_adapter_hand_off_needs_the_base_to_stop_at_the_end_of_turn(tiny_runs, tiny_model_dir, tmp_path):
+    """`vllm serve BASE --generation-config auto` stops at BASE's eos_token_id: a base whose
+    generation_config.json lacks the template's end-of-turn token is refused, naming file and token."""
+    import shutil
+
+    from tunewise.export import export
+
+    res = export(str(tiny_runs["lora"]), to="vllm", adapter=True, out=tmp_path / "ok", echo=_quiet)
+    assert any(c["name"] == "generation_config stops" and c["passed"] for c in res.report["checks"])
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    gen = json.loads((base / "generation_config.json").read_text())
+    gen["eos_token_id"] = 0  # <|endoftext|>, not the template's <|im_end|> (2)
+    (base / "generation_config.json").write_text(json.dumps(gen))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["lora"], run)
+    for f in ("adapter_config.json", "tunewise_base.json"):
+        p = run / "adapter" / f
+        if p.is_file():
+            d = json.loads(p.read_text())
+            d["base_model_name_or_path" if f == "adapter_config.json" else "base_model"] = str(base)
+            p.write_text(json.dumps(d))
+    with pytest.raises(TunewiseError, match=r"generation_config.json.*2 \(<\|im_end\|>\)") as e:
+        export(str(run), to="vllm", adapter=True, out=tmp_path / "a", echo=_quiet)
+    assert "drop --adapter" in e.value.hint and not (tmp_path / "a").exists()
+
+
 def test_missing_quantizer_is_a_clear_error_and_writes_nothing(tiny_runs, tmp_path):
     code, out = cli(["export", str(tiny_runs["lora"]), "--to", "gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "q")])
     assert code == 1 and "llama-quantize" in out and "Traceback" not in out

@@ -230,7 +230,9 @@ def load_shape(ref: str) -> ModelShape:
         return shape_from_config(_read_json(path / "config.json"), name=str(path))
     if re.match(r"^\s*\d+(\.\d+)?\s*[a-zA-Z]*\s*$", ref):  # "7", "14x", "8gb": a malformed size
         raise TunewiseError(
-            f"unknown model size '{ref}'", f"write a size as one of {', '.join(LLAMA_SIZES)}"
+            f"unknown model size '{ref}'",
+            f"write a size as one of {', '.join(LLAMA_SIZES)}, or pass a run config YAML, a model directory, "
+            "a config.json or a model name",
         )
     from tunewise.models import resolve_model
 

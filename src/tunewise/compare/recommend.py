@@ -149,7 +149,10 @@ def recommend(arms: list[dict[str, Any]], tolerance: float, currency: str,
     resolved = not unseparated
     st: list[str] = []
     lat = pick.get("latency_p50_s")
-    st.append(f"Use '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f}{interval_text(pick)}, "
+    # "Use X" only for an arm fit for use; otherwise the same figures, said for what they are
+    fit = best_q > 0.0 and (min_quality is None or best_q >= min_quality)
+    lead = "Use" if fit else "Best so far, not fit for use yet (see below):"
+    st.append(f"{lead} '{pick['name']}' ({pick['kind']}): {primary_metric} {pick['quality']:.3f}{interval_text(pick)}, "
               f"{cost_text(pick, currency)}"
               + (f", p50 latency {lat:.2f} s." if lat is not None else "."))
     others = [a for a in ran if a is not pick]

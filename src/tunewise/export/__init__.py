@@ -124,7 +124,7 @@ def export(ref: str, to: str, out: str | Path | None = None, dtype: str | None =
         echo(f"note: {e}")
 
     if adapter:
-        return _export_adapter(source, tokenizer, out_dir, gpus, name, echo, start)
+        return _export_adapter(source, tokenizer, parts, out_dir, gpus, name, echo, start)
 
     echo("  loading the model as trained (adapter unmerged) …")
     reference = mg.load_reference(source)
@@ -318,8 +318,9 @@ def readme_text(to: str, out_dir: Path, report: dict, name: str | None, gpus: in
             f"End-of-turn tokens (stop): {', '.join(report.get('stop', []))}\n\n## Verification\n\n{checks}\n")
 
 
-def _export_adapter(source, tokenizer, out_dir: Path, gpus: int, name: str | None, echo, start) -> ExportResult:
+def _export_adapter(source, tokenizer, parts, out_dir: Path, gpus: int, name: str | None, echo, start) -> ExportResult:
     """vLLM base + adapter hand-off: refused when vLLM would not load the adapter as trained."""
+    from tunewise.export import template as tp
     from tunewise.export import verify as vf
     from tunewise.paths import atomic_dir
 
@@ -341,13 +342,34 @@ def _export_adapter(source, tokenizer, out_dir: Path, gpus: int, name: str | Non
         raise TunewiseError("the run was trained with a chat template other than its base model's, and vLLM serves "
                             "a LoRA adapter with the base's: its prompts would not be the ones the adapter learned",
                             "export the merged model (drop --adapter): it carries the training template")
+    # `vllm serve BASE --generation-config auto` stops where BASE's generation_config.json says: every
+    # end-of-turn id the run's template writes must be there, or vLLM answers past the end of the turn
+    from transformers import GenerationConfig
+
+    gen_path = source.model_dir / "generation_config.json"
+    try:
+        base_gen = GenerationConfig.from_pretrained(str(source.model_dir)) if gen_path.is_file() else None
+    except (OSError, ValueError):
+        base_gen = None
+    eot_ids = tp.end_of_turn_ids(tokenizer, None, parts)
+    stops = vf.check_generation_config(gen_path, eot_ids) if base_gen is not None else vf.Check(
+        "generation_config stops", False, f"{gen_path} is missing or unreadable", "vLLM generating past the end of the turn")
+    if not stops.passed:
+        have = getattr(base_gen, "eos_token_id", None)
+        have = set(have if isinstance(have, list) else [] if have is None else [have])
+        missing = [i for i in eot_ids if i not in have]
+        named = ", ".join(f"{i} ({t})" for i, t in zip(missing, tp.stop_strings(tokenizer, missing)))
+        raise TunewiseError(f"vLLM would serve the adapter with the base model's generation config ({gen_path}), which "
+                            f"does not list as eos_token_id the end-of-turn token(s) the run's template writes: {named}; its answers would run past "
+                            "the end of the turn",
+                            "export the merged model (drop --adapter): it writes them into its own generation_config.json")
     rank = int(cfg.get("r") or 16)
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(source.adapter_dir, tmp / "adapter")
         cmd = vllm_command(source.model_dir, gpus, name, out_dir / "adapter", vllm_max_lora_rank(rank))
         checks = [vf.Check("vLLM LoRA hand-off", True, f"rank {rank}, no modules_to_save, no added tokens, the base "
                            "model's own chat template (what vLLM serves the adapter with)",
-                           "an adapter a server refuses, or prompts rendered with another template than in training")]
+                           "an adapter a server refuses, or prompts rendered with another template than in training"), stops]
         report = {"source": str(source.ref), "kind": source.kind, "target": "vllm", "adapter": True, "command": cmd,
                   "checks": vf.report_dict(checks), "passed": True,
                   "seconds": round(time.perf_counter() - start, 1)}

@@ -82,12 +82,18 @@ def build_isa(system_info: str | None = None) -> str | None:
 
 #: What `make setup-native` measured over PyPI's wheel (bench/serve_throughput.py, docs/serve.md).
 NATIVE_GAIN = "1.1-1.8x faster on an AMD EPYC with AVX-512 BF16, most with many requests at once"
+#: The CPU kinds where a native build measured faster than the wheel. Not "AMX": on an Intel Xeon
+#: with AMX (session 14) the native build decoded 0.73-0.91x the wheel's tokens/s at 16 requests
+#: (and its AMX kernels died on q8_0 until `make setup-native` left them out); plain "AVX-512" is
+#: unmeasured.
+NATIVE_FASTER_ON = ("AVX-512 BF16",)
 
 
 def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "installed") -> str | None:
-    """A line for CPUs with AVX-512 running a llama.cpp compiled for less (PyPI's AVX2 wheel):
-    `make setup-native` compiles it for this CPU. None when there is nothing to gain or llama.cpp is
-    not installed. ``cpu_kind`` defaults to this CPU's, ``built_for`` to the installed build's."""
+    """A line for CPUs where a native build measured faster (:data:`NATIVE_FASTER_ON`) running a
+    llama.cpp compiled for less (PyPI's AVX2 wheel): `make setup-native` compiles it for this CPU.
+    None when there is nothing (measured) to gain or llama.cpp is not installed. ``cpu_kind``
+    defaults to this CPU's, ``built_for`` to the installed build's."""
     if cpu_kind is None:
         from tunewise.hardware import cpu_info
 
@@ -95,7 +101,8 @@ def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "inst
     if built_for == "installed":
         built_for = build_isa()
     wide = ("AMX", "AVX-512 BF16", "AVX-512")
-    if built_for is None or not cpu_kind.startswith(wide) or "emulated" in cpu_kind or built_for.startswith(wide):
+    if (built_for is None or cpu_kind not in NATIVE_FASTER_ON or "emulated" in cpu_kind
+            or built_for.startswith(wide)):
         return None
     return (f"llama.cpp was compiled for {built_for} but this CPU has {cpu_kind}: `make setup-native` "
             f"(or, after a pip install, the pip command in docs/serve.md) compiles it for this CPU "
