@@ -489,3 +489,28 @@ def test_build_check_names_a_crash_by_signal_and_fails(tiny_model_dir, capsys):
     assert bc.main(["--model", str(tiny_model_dir), "--precisions", "f16"]) == 0  # the installed build, for real
     out = capsys.readouterr().out
     assert "ok   f16: tokens" in out and "compiled for" in out
+
+
+def test_an_amx_build_runs_a_quantized_gguf_in_a_child_first(tiny_model_dir, monkeypatch):
+    """A llama.cpp built with AMX kernels (died with SIGILL on q8_0 on an Intel Xeon): the engine
+    checks a quantized GGUF in a child process first and refuses with the fix instead of crashing;
+    f16 (no AMX kernel) and other builds are not checked."""
+    from tunewise.infer import build_check, llamacpp
+
+    calls = []
+
+    def dies(model, precision, timeout=600.0, child=""):
+        calls.append(model)
+        return build_check.Result(precision, False, "the process died with SIGILL", 0.1)
+
+    monkeypatch.setattr(build_check, "check_precision", dies)
+    monkeypatch.setattr(llamacpp, "_amx_checked", {})
+    monkeypatch.setattr(llamacpp, "build_isa", lambda: "AMX")
+    gguf, kind = llamacpp.gguf_for(str(tiny_model_dir), "q8_0")
+    with pytest.raises(TunewiseError, match="AMX kernels and cannot run .*SIGILL") as e:
+        llamacpp.LlamaCppEngine(str(gguf), n_parallel=1, ctx_per_request=64)
+    assert "make setup-native" in e.value.hint and calls == [str(gguf)]
+    llamacpp.check_amx_build(gguf, "f16")  # no AMX kernel for f16: not checked
+    monkeypatch.setattr(llamacpp, "build_isa", lambda: "AVX-512 BF16")
+    llamacpp.check_amx_build(gguf, kind)  # another build: not checked
+    assert calls == [str(gguf)]

@@ -240,6 +240,32 @@ def gguf_for(ref: str, precision: str = "auto") -> tuple[Path, str]:
     return out, precision
 
 
+#: Weight types with no AMX kernel in llama.cpp (its AMX code covers quantized types only).
+_NO_AMX_KERNEL = ("f32", "f16", "bf16")
+_amx_checked: dict[str, object] = {}
+
+
+def check_amx_build(gguf: Path, kind: str) -> None:
+    """A llama.cpp compiled with its AMX kernels (`make setup-native` on an AMX CPU before session
+    14) died with SIGILL on q8_0 on an Intel Xeon, taking the process with it. On such a build a
+    quantized GGUF is first run once in a child process (:mod:`tunewise.infer.build_check`), so
+    the crash becomes a clear error. Other builds and unquantized types are not checked."""
+    if kind in _NO_AMX_KERNEL or build_isa() != "AMX":
+        return
+    from tunewise.infer.build_check import check_precision
+
+    key = str(gguf)
+    if key not in _amx_checked:
+        _amx_checked[key] = check_precision(key, "auto", timeout=300)
+    r = _amx_checked[key]
+    if not r.ok:
+        raise TunewiseError(f"the installed llama.cpp was compiled with AMX kernels and cannot run {gguf} ({kind}) "
+                            f"here: {r.detail}",
+                            "run `make setup-native` again (it now leaves AMX out), or put PyPI's wheel back: pip "
+                            "install --force-reinstall --no-deps --only-binary xllamacpp \"xllamacpp==$(pip show "
+                            "xllamacpp | sed -n 's/^Version: //p')\"")
+
+
 # ---------------------------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +305,7 @@ class LlamaCppEngine:
                                 "use n_parallel >= 1 and ctx_per_request >= 16")
         self.model = str(ref)
         self.gguf, self.precision = gguf_for(ref, precision)
+        check_amx_build(self.gguf, self.precision)
         self.n_parallel, self.ctx_per_request = n_parallel, ctx_per_request
         self.threads = threads or physical_cores()
         p = xllamacpp.CommonParams()
