@@ -344,24 +344,14 @@ def _export_adapter(source, tokenizer, parts, out_dir: Path, gpus: int, name: st
                             "export the merged model (drop --adapter): it carries the training template")
     # `vllm serve BASE --generation-config auto` stops where BASE's generation_config.json says: every
     # end-of-turn id the run's template writes must be there, or vLLM answers past the end of the turn
-    from transformers import GenerationConfig
-
-    gen_path = source.model_dir / "generation_config.json"
-    try:
-        base_gen = GenerationConfig.from_pretrained(str(source.model_dir)) if gen_path.is_file() else None
-    except (OSError, ValueError):
-        base_gen = None
     eot_ids = tp.end_of_turn_ids(tokenizer, None, parts)
-    stops = vf.check_generation_config(gen_path, eot_ids) if base_gen is not None else vf.Check(
-        "generation_config stops", False, f"{gen_path} is missing or unreadable", "vLLM generating past the end of the turn")
+    stops = vf.check_generation_config(source.model_dir / "generation_config.json", eot_ids)
     if not stops.passed:
-        have = getattr(base_gen, "eos_token_id", None)
-        have = set(have if isinstance(have, list) else [] if have is None else [have])
-        missing = [i for i in eot_ids if i not in have]
-        named = ", ".join(f"{i} ({t})" for i, t in zip(missing, tp.stop_strings(tokenizer, missing)))
-        raise TunewiseError(f"vLLM would serve the adapter with the base model's generation config ({gen_path}), which "
-                            f"does not list as eos_token_id the end-of-turn token(s) the run's template writes: {named}; its answers would run past "
-                            "the end of the turn",
+        named = ", ".join(f"{i} ({t})" for i, t in zip(eot_ids, tp.stop_strings(tokenizer, eot_ids)))
+        raise TunewiseError(f"vLLM would serve the adapter with the base model's "
+                            f"{source.model_dir / 'generation_config.json'}, which does not stop where the run's "
+                            f"template ends a turn ({stops.detail}; the template's end-of-turn tokens: {named}): "
+                            "its answers would run past the end of the turn",
                             "export the merged model (drop --adapter): it writes them into its own generation_config.json")
     rank = int(cfg.get("r") or 16)
     with atomic_dir(out_dir) as tmp:

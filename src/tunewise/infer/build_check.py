@@ -68,7 +68,8 @@ def check_precision(model: str, precision: str, timeout: float = 600.0,
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tunewise.infer.build_check",
                                  description="Load and run the installed llama.cpp on each GGUF type, "
-                                             "each in a child process; exit 1 if any fails.")
+                                             "each in a child process; exit 1 if any fails.",
+                                 epilog="Example: python -m tunewise.infer.build_check --precisions f16,q8_0")
     ap.add_argument("--model", default="smollm2-135m", help="embedded name, HF directory or GGUF")
     ap.add_argument("--precisions", default="f16,q8_0", help="comma-separated GGUF types")
     args = ap.parse_args(argv)

@@ -101,8 +101,7 @@ def native_build_hint(cpu_kind: str | None = None, built_for: str | None = "inst
     if built_for == "installed":
         built_for = build_isa()
     wide = ("AMX", "AVX-512 BF16", "AVX-512")
-    if (built_for is None or cpu_kind not in NATIVE_FASTER_ON or "emulated" in cpu_kind
-            or built_for.startswith(wide)):
+    if built_for is None or cpu_kind not in NATIVE_FASTER_ON or built_for.startswith(wide):
         return None
     return (f"llama.cpp was compiled for {built_for} but this CPU has {cpu_kind}: `make setup-native` "
             f"(or, after a pip install, the pip command in docs/serve.md) compiles it for this CPU "
